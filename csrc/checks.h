@@ -1,0 +1,58 @@
+// Argument checks shared by the CPU and CUDA launch glue. Every message names the argument and
+// what was expected, so a user can fix the call without reading this file.
+#pragma once
+
+#include <torch/all.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace pipo {
+
+inline std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.dim() == dim, name, ": expected a ", dim, "-D tensor, got shape ", shape_str(t));
+}
+
+inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.scalar_type() == dtype, name, ": expected dtype ", dtype, ", got ",
+              t.scalar_type());
+}
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  const auto d = t.scalar_type();
+  TORCH_CHECK(d == at::kFloat || d == at::kHalf || d == at::kBFloat16, name,
+              ": expected float32, float16 or bfloat16, got ", d);
+}
+
+inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* name,
+                             const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected the dtype of ", ref_name,
+              " (", ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
+                              const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, ": expected the device of ", ref_name, " (",
+              ref.device(), "), got ", t.device());
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous tensor (shape ", shape_str(t),
+              ", strides ", c10::str(t.strides()), ")");
+}
+
+inline void check_size(const at::Tensor& t, int64_t dim, int64_t size, const char* name,
+                       const char* what) {
+  TORCH_CHECK(t.size(dim) == size, name, ": expected size ", size, " in dim ", dim, " (", what,
+              "), got shape ", shape_str(t));
+}
+
+// PIPO_VALIDATE=1 turns on the range checks that would need a device-to-host sync on CUDA.
+inline bool validate_enabled() {
+  const char* v = std::getenv("PIPO_VALIDATE");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+}  // namespace pipo

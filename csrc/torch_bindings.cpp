@@ -1,0 +1,38 @@
+// Every schema of the `pipo` namespace, and the CPU / CUDA implementations registered for it.
+// docs/ops.md documents each op; the Python wrappers live in pipo_kernels/.
+#include <torch/library.h>
+
+#include "ops.h"
+
+#ifdef PIPO_PYTHON_EXTENSION
+#include <Python.h>
+
+// Importing pipo_kernels._C runs the static registrations below; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+#endif
+
+TORCH_LIBRARY(pipo, m) {
+  // Writes key[n] / value[n] to slot slot_mapping[n] of the paged caches; negative slots skip.
+  m.def(
+      "kv_cache_append(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "Tensor slot_mapping) -> ()");
+  // cache[dst[m]] = cache[src[m]] for K and V, reading every source before writing.
+  m.def(
+      "kv_cache_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_slots, "
+      "Tensor dst_slots) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(pipo, CPU, m) {
+  m.impl("kv_cache_append", &pipo::kv_cache_append_cpu);
+  m.impl("kv_cache_compact", &pipo::kv_cache_compact_cpu);
+}
+
+#ifdef PIPO_WITH_CUDA
+TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
+  m.impl("kv_cache_append", &pipo::kv_cache_append_cuda);
+  m.impl("kv_cache_compact", &pipo::kv_cache_compact_cuda);
+}
+#endif

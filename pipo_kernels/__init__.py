@@ -1,0 +1,45 @@
+"""pipo-kernels: fused kernels and PyTorch custom ops for PIPO (Pair-In, Pair-Out) decoding.
+
+Importing this package registers every op under ``torch.ops.pipo`` (C++ CPU and CUDA kernels from
+``pipo_kernels._C``; Triton kernels as ``torch.ops.pipo.<op>_triton``) and exposes the Python
+wrappers ``pipo_kernels.<op>(..., backend=None)``. docs/ops.md lists the ops with their shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch  # noqa: F401  (loads libtorch before the extension needs it)
+
+__version__ = "0.1.0"
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - only when the extension was not built
+    logging.getLogger("pipo_kernels").warning(
+        "pipo_kernels._C could not be loaded (%s): only the 'torch' and 'triton' backends are "
+        "available. Reinstall with `pip install --no-build-isolation -e .`",
+        exc,
+    )
+    _C = None
+
+from . import reference
+from ._backend import available_backends, resolve
+from .kv_cache import kv_cache_append, kv_cache_compact
+
+HAS_C = _C is not None
+
+from ._backend import triton_importable  # noqa: E402
+
+if triton_importable():
+    from . import triton  # noqa: F401  (registers torch.ops.pipo.*_triton)
+
+__all__ = [
+    "HAS_C",
+    "__version__",
+    "available_backends",
+    "kv_cache_append",
+    "kv_cache_compact",
+    "reference",
+    "resolve",
+]

@@ -1,0 +1,9 @@
+"""Triton kernels, one file per op. Importing this package registers each as a custom op
+(`torch.ops.pipo.<op>_triton`) through torch.library.triton_op, so torch.compile sees the kernels.
+
+On a machine without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is
+set before `import triton` (slow; meant for tests)."""
+
+from . import kv_cache_append, kv_cache_compact
+
+__all__ = ["kv_cache_append", "kv_cache_compact"]
