@@ -3,18 +3,31 @@
 
 #include <torch/all.h>
 
+#include <optional>
+#include <tuple>
+
 namespace pipo {
 
 void kv_cache_append_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
                          at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                           const at::Tensor& dst_slots);
+std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
+    const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
+    int64_t num_splits);
 
 #ifdef PIPO_WITH_CUDA
 void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
                           at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                            const at::Tensor& dst_slots);
+std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
+    const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
+    int64_t num_splits);
 #endif
 
 }  // namespace pipo

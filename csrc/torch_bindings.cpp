@@ -23,16 +23,23 @@ TORCH_LIBRARY(pipo, m) {
   m.def(
       "kv_cache_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_slots, "
       "Tensor dst_slots) -> ()");
+  // Ragged query blocks attend over the paged cache (causal or tree mask) -> (out, lse or [0]).
+  m.def(
+      "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+      "Tensor kv_lens, Tensor q_indptr, Tensor? tree_mask=None, float? sm_scale=None, "
+      "bool return_lse=False, int num_splits=0) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("kv_cache_append", &pipo::kv_cache_append_cpu);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cpu);
+  m.impl("paged_attention", &pipo::paged_attention_cpu);
 }
 
 #ifdef PIPO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("kv_cache_append", &pipo::kv_cache_append_cuda);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cuda);
+  m.impl("paged_attention", &pipo::paged_attention_cuda);
 }
 #endif

@@ -25,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - only when the extension was not
 
 from . import reference
 from ._backend import available_backends, resolve
+from .attention import paged_attention
 from .kv_cache import kv_cache_append, kv_cache_compact
 
 HAS_C = _C is not None
@@ -40,6 +41,7 @@ __all__ = [
     "available_backends",
     "kv_cache_append",
     "kv_cache_compact",
+    "paged_attention",
     "reference",
     "resolve",
 ]
