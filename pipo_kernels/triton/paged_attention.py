@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..attention import check_args, check_values, outputs_like
+from ..attention import _paged_attention_fake, check_args, check_values, outputs_like
 
 LN2 = math.log(2.0)
 
@@ -286,3 +286,7 @@ def paged_attention(
             WRITE_LSE=return_lse,
         )
     return out, lse
+
+
+# Shape-only fake: without it, tracing with TRITON_INTERPRET=1 would run the interpreter on fake tensors.
+paged_attention.register_fake(_paged_attention_fake)
