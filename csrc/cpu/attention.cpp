@@ -54,6 +54,8 @@ inline int64_t split_chunk(int64_t kv_len, int64_t splits) {
 }  // namespace pipo::cpu_attention
 
 // One copy of the kernel per instruction set; the pragma reaches the templates defined inside.
+// The 64-byte vector types never cross a non-inlined call, so GCC's ABI note does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")
 #define PIPO_ISA avx512
