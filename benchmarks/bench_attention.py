@@ -8,7 +8,8 @@ Baselines, measured in the same run on the same inputs:
              rule, on the same gathered KV (GPU by default; --flex on CPU, slow to compile).
   * flashinfer — BatchPrefillWithPagedKVCacheWrapper with a custom mask on the same paged cache,
              where flashinfer is importable (plan() is not timed).
-Reported per row: median µs, ratio to each baseline (>1 = faster), KV bytes read / time, and its
+Every function of one shape is timed in turn, round after round, so that all see the same machine
+load. Reported per row: median µs, ratio to each baseline (>1 = faster), KV bytes read / time, and its
 fraction of the copy bandwidth (read + write) measured in the same run.
 
     python -m benchmarks.bench_attention            # full sweep
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
+import time
 from functools import partial
 
 import torch
@@ -27,10 +30,11 @@ import torch.nn.functional as F
 import pipo_kernels
 from benchmarks.common import (
     PRESETS,
+    Timing,
     copy_bandwidth_gbs,
     format_table,
     progress,
-    time_fn,
+    synchronize,
     write_results,
 )
 
@@ -135,6 +139,37 @@ def flashinfer_fn(args, trees, batch, kv_len, q_len):
     return partial(wrapper.run, q, (k_cache, v_cache))
 
 
+def time_interleaved(fns: dict, device, budget_s: float, min_runs: int = 5, max_runs: int = 200):
+    """Median time of each function, timing them in turn (one run each per round) so that every
+    one sees the same machine load: the ratios stay meaningful on a shared, busy CPU."""
+    for fn in fns.values():
+        fn()
+        fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start < budget_s):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t0.record()
+                fn()
+                t1.record()
+                t1.synchronize()
+                times[name].append(t0.elapsed_time(t1))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=5) if len(ts) >= 5 else [min(ts)] * 4
+        out[name] = Timing(statistics.median(ts), q[0], q[3], len(ts))
+    return out
+
+
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -157,7 +192,7 @@ def run(args) -> list[dict]:
         kvs = args.kv_lens or [512, 2048, 8192, 32768]
         grid = [("decode", 1, b, kv) for b in (1, 8, 64) for kv in kvs]
         grid += [("tree", n, b, kv) for n in (4, 16, 64) for b in (1, 8, 64) for kv in kvs]
-    budget = 0.2 if args.quick else 0.5
+    budget = 0.5 if args.quick else 1.0
     max_tokens = args.max_tokens or (1 << 17 if on_cpu else 1 << 21)
     rows = []
     configs = [(p, *c) for p, c in itertools.product(presets, grid) if c[2] * c[3] <= max_tokens]
@@ -168,26 +203,29 @@ def run(args) -> list[dict]:
         k_cache = t_args[1]
         kv_bytes = 2 * batch * kv_len * k_cache.shape[2] * k_cache.shape[3] * k_cache.element_size()
         qd, k, v, dense = gathered(t_args, trees, batch, kv_len, q_len)
-        baselines = {"sdpa": time_fn(sdpa_fn(qd, k, v, dense), device, budget_s=budget)}
+        fns = {"sdpa": sdpa_fn(qd, k, v, dense)}
         if use_flex:
             try:
-                baselines["flex"] = time_fn(
-                    flex_fn(qd, k, v, trees, kv_len, q_len), device, budget_s=budget
-                )
+                fns["flex"] = flex_fn(qd, k, v, trees, kv_len, q_len)
+                fns["flex"]()
             except Exception as exc:  # report, keep benchmarking the rest
+                fns.pop("flex")
                 print(f"flex attention failed for {preset} {kind} B{batch} L{kv_len}: {exc}")
         if not on_cpu:
             try:
-                baselines["flashinfer"] = time_fn(
-                    flashinfer_fn(t_args, trees, batch, kv_len, q_len), device, budget_s=budget
-                )
+                fns["flashinfer"] = flashinfer_fn(t_args, trees, batch, kv_len, q_len)
+                fns["flashinfer"]()
             except Exception as exc:  # ImportError included: not installed
+                fns.pop("flashinfer", None)
                 if not rows:
                     print(f"flashinfer baseline unavailable: {type(exc).__name__}: {exc}")
-        del qd, k, v, dense
+        baseline_names = list(fns)
         for backend in backends:
-            fn = partial(pipo_kernels.paged_attention, *t_args, backend=backend)
-            t = time_fn(fn, device, budget_s=budget)
+            fns[backend] = partial(pipo_kernels.paged_attention, *t_args, backend=backend)
+        timings = time_interleaved(fns, device, budget)
+        del qd, k, v, dense, fns
+        for backend in backends:
+            t = timings[backend]
             gbs = kv_bytes / (t.median_ms * 1e-3) / 1e9
             row = dict(
                 preset=preset,
@@ -201,9 +239,9 @@ def run(args) -> list[dict]:
                 frac_copy_bw=gbs / copy_gbs,
                 runs=t.runs,
             )
-            for name, base in baselines.items():
-                row[f"{name}_us"] = base.median_ms * 1e3
-                row[f"vs_{name}"] = base.median_ms / t.median_ms
+            for name in baseline_names:
+                row[f"{name}_us"] = timings[name].median_ms * 1e3
+                row[f"vs_{name}"] = timings[name].median_ms / t.median_ms
             rows.append(row)
     path = write_results(
         "attention",

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../attention.h"
@@ -57,6 +58,17 @@ inline int64_t split_chunk(int64_t kv_len, int64_t splits) {
 // The 64-byte vector types never cross a non-inlined call, so GCC's ABI note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2")
+#define PIPO_ISA avx512bf16
+#define PIPO_ISA_F16C
+#define PIPO_ISA_BF16_DOT
+#include "attention_kernel.h"
+#undef PIPO_ISA_BF16_DOT
+#undef PIPO_ISA_F16C
+#undef PIPO_ISA
+#pragma GCC pop_options
+
+#pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")
 #define PIPO_ISA avx512
 #define PIPO_ISA_F16C
@@ -90,12 +102,13 @@ void run_kernel(const Params& p, const std::vector<Task>& tasks) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return 2;
+      return __builtin_cpu_supports("avx512bf16") ? 3 : 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c"))
       return 1;
     return 0;
   }();
+  if (isa == 3) return cpu_attention::avx512bf16::run(p, tasks);
   if (isa == 2) return cpu_attention::avx512::run(p, tasks);
   if (isa == 1) return cpu_attention::avx2::run(p, tasks);
   cpu_attention::generic::run(p, tasks);

@@ -8,12 +8,17 @@
 // group's heads and all the tile's queries. Scores are kept key-major ([key][row]) and the output
 // transposed ([dim][row]), so both products are "broadcast one K/V element, multiply a vector of
 // 16 rows": no horizontal sums, and the online softmax is vectorised over rows too.
+//
+// With AVX512-BF16 (PIPO_ISA_BF16_DOT), bfloat16 inputs skip the conversion to float: both
+// products use vdpbf16ps on pairs (of head dims for Q·K, of keys for P·V, P rounded to bfloat16
+// as GPU flash kernels do), with float32 accumulation, twice the multiply rate of float FMAs.
 
 namespace pipo::cpu_attention::PIPO_ISA {
 namespace {
 
 using vf = float __attribute__((vector_size(64)));
 using vi = int32_t __attribute__((vector_size(64)));
+using vu = uint32_t __attribute__((vector_size(64)));
 
 #define PIPO_INLINE inline __attribute__((always_inline))
 
@@ -23,7 +28,7 @@ PIPO_INLINE vf load(const float* p) {
   return v;
 }
 PIPO_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-PIPO_INLINE vf splat(float x) { return vf{} + x; }
+PIPO_INLINE vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 PIPO_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 // 2^x for x <= 126 (scores minus the running maximum); 0 below -126, including -inf.
@@ -69,6 +74,34 @@ PIPO_INLINE void to_float(const c10::Half* src, float* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
+#ifdef PIPO_ISA_BF16_DOT
+constexpr bool kBf16Dot = true;
+PIPO_INLINE vu splat_bits(uint32_t x) {
+  return vu{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+PIPO_INLINE vu load_bits(const uint32_t* p) {
+  vu v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+PIPO_INLINE void store_bits(uint32_t* p, vu v) { std::memcpy(p, &v, sizeof(v)); }
+// acc + a[2i] * b[2i] + a[2i+1] * b[2i+1] per float lane i; a and b hold bfloat16 pairs.
+PIPO_INLINE vf dot2(vf acc, vu a, vu b) {
+  return reinterpret_cast<vf>(
+      _mm512_dpbf16_ps(reinterpret_cast<__m512>(acc), reinterpret_cast<__m512bh>(a),
+                       reinterpret_cast<__m512bh>(b)));
+}
+// Round-to-nearest-even float -> bfloat16 bits, in the low 16 bits of each lane.
+PIPO_INLINE vu bf16_bits(vf x) {
+  vu u;
+  std::memcpy(&u, &x, sizeof(u));
+  const vu lsb = (u >> 16) & 1;
+  return (u + 0x7fff + lsb) >> 16 & 0xffff;
+}
+#else
+constexpr bool kBf16Dot = false;
+#endif
+
 struct Scratch {
   explicit Scratch(int64_t head_dim)
       : qt(head_dim * kMaxRows, 0.0f),
@@ -81,11 +114,93 @@ struct Scratch {
   std::vector<float> kv;  // [kBlockN][D] the block's K rows, then its V rows, as float
 };
 
+#ifdef PIPO_ISA_BF16_DOT
+// s[n][:] = scale * sum_i kpair[n][i] . qp[i][:] for the block's nv keys, read straight from the
+// cache: [num_pages, page_size, Hkv, D] bfloat16, a pair of dims = one 32-bit word.
+template <int C>
+void scores_bf16(const Params& p, const c10::BFloat16* k_cache, const int32_t* pages, int64_t blk,
+                 int64_t nv, int64_t hkv, const float* qt, float* s) {
+  constexpr int R = C * 16;
+  const int64_t D = p.head_dim, S = p.page_size, half = D / 2;
+  const uint32_t* qp = reinterpret_cast<const uint32_t*>(qt);
+  const uint32_t* rows[kBlockN];
+  for (int64_t n = 0; n < nv; ++n) {
+    const int64_t pos = blk + n;
+    const int64_t slot = static_cast<int64_t>(pages[pos / S]) * S + pos % S;
+    rows[n] = reinterpret_cast<const uint32_t*>(k_cache + (slot * p.num_kv_heads + hkv) * D);
+  }
+  for (int64_t n = nv; n < kBlockN; ++n) rows[n] = rows[0];  // computed, then masked
+  const vf scale = splat(p.scale_log2);
+  for (int64_t n = 0; n < nv; n += 4) {
+    vf acc[4][C] = {};
+    for (int64_t i = 0; i < half; ++i) {
+      vu qv[C];
+      for (int c = 0; c < C; ++c) qv[c] = load_bits(qp + i * R + c * 16);
+      for (int j = 0; j < 4; ++j) {
+        const vu kb = splat_bits(rows[n + j][i]);
+        for (int c = 0; c < C; ++c) acc[j][c] = dot2(acc[j][c], qv[c], kb);
+      }
+    }
+    for (int j = 0; j < 4 && n + j < nv; ++j)
+      for (int c = 0; c < C; ++c) store(s + (n + j) * R + c * 16, acc[j][c] * scale);
+  }
+}
+
+// ot[d][:] = alpha * ot[d][:] + sum_j v[j][d] * s[j][:] over key pairs: the probabilities are
+// packed in place into [kBlockN / 2][R] bfloat16 pairs, V rows 2m and 2m+1 into vp[m][D].
+template <int C>
+void pv_bf16(const Params& p, const c10::BFloat16* v_cache, const int32_t* pages, int64_t blk,
+             int64_t nv, int64_t hkv, const vf* alpha, float* s, uint32_t* vp, float* ot) {
+  constexpr int R = C * 16;
+  const int64_t D = p.head_dim, S = p.page_size, pairs = (nv + 1) / 2;
+  auto v_row = [&](int64_t j) {
+    const int64_t pos = blk + j;
+    const int64_t slot = static_cast<int64_t>(pages[pos / S]) * S + pos % S;
+    return reinterpret_cast<const uint16_t*>(v_cache + (slot * p.num_kv_heads + hkv) * D);
+  };
+  uint32_t* pp = reinterpret_cast<uint32_t*>(s);
+  for (int64_t m = 0; m < pairs; ++m) {
+    const uint16_t* v0 = v_row(2 * m);
+    uint32_t* dst = vp + m * D;
+    if (2 * m + 1 < nv) {
+      const uint16_t* v1 = v_row(2 * m + 1);
+      for (int64_t d = 0; d < D; ++d) dst[d] = v0[d] | static_cast<uint32_t>(v1[d]) << 16;
+    } else {
+      for (int64_t d = 0; d < D; ++d) dst[d] = v0[d];
+    }
+    for (int c = 0; c < C; ++c) {  // rows 2m, 2m+1 of s are read before row m is written
+      const vu lo = bf16_bits(load(s + 2 * m * R + c * 16));
+      const vu hi = 2 * m + 1 < nv ? bf16_bits(load(s + (2 * m + 1) * R + c * 16)) : vu{};
+      store_bits(pp + m * R + c * 16, lo | hi << 16);
+    }
+  }
+  for (int64_t d = 0; d < D; d += 4) {
+    const int64_t nd = std::min<int64_t>(4, D - d);
+    vf acc[4][C];
+    for (int i = 0; i < 4; ++i)
+      for (int c = 0; c < C; ++c)
+        acc[i][c] = i < nd ? load(ot + (d + i) * R + c * 16) * alpha[c] : vf{};
+    for (int64_t m = 0; m < pairs; ++m) {
+      vu pv[C];
+      for (int c = 0; c < C; ++c) pv[c] = load_bits(pp + m * R + c * 16);
+      for (int i = 0; i < 4; ++i) {
+        const vu vb = splat_bits(i < nd ? vp[m * D + d + i] : 0u);
+        for (int c = 0; c < C; ++c) acc[i][c] = dot2(acc[i][c], pv[c], vb);
+      }
+    }
+    for (int i = 0; i < nd; ++i)
+      for (int c = 0; c < C; ++c) store(ot + (d + i) * R + c * 16, acc[i][c]);
+  }
+}
+#endif
+
 // One task: C vectors of 16 rows. Writes the normalised output rows and their log-sum-exp
 // (natural log), either to the final tensors or to the split's partial buffers.
 template <typename T, int C>
 void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, Scratch& w) {
   constexpr int R = C * 16;
+  // Pairs of bfloat16 need an even head_dim; the float path handles the rest.
+  const bool pairs = kBf16Dot && std::is_same_v<T, c10::BFloat16> && p.head_dim % 2 == 0;
   const int64_t D = p.head_dim, G = p.group, S = p.page_size;
   const int64_t b = task.seq;
   const int64_t q_start = p.q_indptr[b], q_len = p.q_indptr[b + 1] - q_start;
@@ -105,14 +220,20 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
   for (int64_t r = 0; r < R; ++r) {
     if (r >= nrows) {
       qi_of[r] = -1;
-      for (int64_t d = 0; d < D; ++d) qt[d * R + r] = 0.0f;
+      for (int64_t d = 0; d < D; ++d) qt[d * R + r] = 0.0f;  // zero bits: float or bf16 pairs
       continue;
     }
     const int64_t rr = task.row0 + r, qi = rr / G, head = hkv * G + rr % G;
     qi_of[r] = qi;
     last_qi = qi;
+    const T* q_row = q + (q_start + qi) * p.q_stride_tok + head * p.q_stride_head;
+    if (pairs) {  // qt holds [D / 2][R] bfloat16 pairs, unscaled (scaled as scores)
+      uint32_t* qp = reinterpret_cast<uint32_t*>(qt);
+      for (int64_t i = 0; i < D / 2; ++i) std::memcpy(qp + i * R + r, q_row + 2 * i, 4);
+      continue;
+    }
     float* row = kv;  // scratch for the converted query row
-    to_float(q + (q_start + qi) * p.q_stride_tok + head * p.q_stride_head, row, D);
+    to_float(q_row, row, D);
     for (int64_t d = 0; d < D; ++d) qt[d * R + r] = row[d] * p.scale_log2;
   }
   std::fill(ot, ot + D * R, 0.0f);
@@ -130,34 +251,45 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
 
   for (int64_t blk = lo; blk < hi; blk += kBlockN) {
     const int64_t nv = std::min<int64_t>(kBlockN, hi - blk);
-    for (int64_t n = 0; n < nv; ++n) {
-      const int64_t pos = blk + n;
-      const int64_t slot = static_cast<int64_t>(pages[pos / S]) * S + pos % S;
-      to_float(k_cache + slot * row_bytes + hkv * D, kv + n * D, D);
+    bool scored = false;
+#ifdef PIPO_ISA_BF16_DOT
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (pairs) {
+        scores_bf16<C>(p, k_cache, pages, blk, nv, hkv, qt, s);
+        scored = true;
+      }
     }
-    // s[n][:] = sum_d kv[n][d] * qt[d][:], four keys at a time.
-    int64_t n = 0;
-    for (; n + 4 <= nv; n += 4) {
-      vf acc[4][C] = {};
-      const float* k0 = kv + n * D;
-      for (int64_t d = 0; d < D; ++d) {
-        vf qv[C];
-        for (int c = 0; c < C; ++c) qv[c] = load(qt + d * R + c * 16);
-        for (int i = 0; i < 4; ++i) {
-          const vf kb = splat(k0[i * D + d]);
-          for (int c = 0; c < C; ++c) acc[i][c] += kb * qv[c];
+#endif
+    if (!scored) {
+      for (int64_t n = 0; n < nv; ++n) {
+        const int64_t pos = blk + n;
+        const int64_t slot = static_cast<int64_t>(pages[pos / S]) * S + pos % S;
+        to_float(k_cache + slot * row_bytes + hkv * D, kv + n * D, D);
+      }
+      // s[n][:] = sum_d kv[n][d] * qt[d][:], four keys at a time.
+      int64_t n = 0;
+      for (; n + 4 <= nv; n += 4) {
+        vf acc[4][C] = {};
+        const float* k0 = kv + n * D;
+        for (int64_t d = 0; d < D; ++d) {
+          vf qv[C];
+          for (int c = 0; c < C; ++c) qv[c] = load(qt + d * R + c * 16);
+          for (int i = 0; i < 4; ++i) {
+            const vf kb = splat(k0[i * D + d]);
+            for (int c = 0; c < C; ++c) acc[i][c] += kb * qv[c];
+          }
         }
+        for (int i = 0; i < 4; ++i)
+          for (int c = 0; c < C; ++c) store(s + (n + i) * R + c * 16, acc[i][c]);
       }
-      for (int i = 0; i < 4; ++i)
-        for (int c = 0; c < C; ++c) store(s + (n + i) * R + c * 16, acc[i][c]);
-    }
-    for (; n < nv; ++n) {
-      vf acc[C] = {};
-      for (int64_t d = 0; d < D; ++d) {
-        const vf kb = splat(kv[n * D + d]);
-        for (int c = 0; c < C; ++c) acc[c] += kb * load(qt + d * R + c * 16);
+      for (; n < nv; ++n) {
+        vf acc[C] = {};
+        for (int64_t d = 0; d < D; ++d) {
+          const vf kb = splat(kv[n * D + d]);
+          for (int c = 0; c < C; ++c) acc[c] += kb * load(qt + d * R + c * 16);
+        }
+        for (int c = 0; c < C; ++c) store(s + n * R + c * 16, acc[c]);
       }
-      for (int c = 0; c < C; ++c) store(s + n * R + c * 16, acc[c]);
     }
     // Mask the query part of the range (the prefix is seen by every query).
     for (int64_t j = std::max<int64_t>(0, prefix - blk); j < nv; ++j) {
@@ -186,6 +318,14 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
       l[c] = l[c] * alpha[c] + sum;
       m[c] = mx;
     }
+#ifdef PIPO_ISA_BF16_DOT
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (pairs) {
+        pv_bf16<C>(p, v_cache, pages, blk, nv, hkv, alpha, s, reinterpret_cast<uint32_t*>(kv), ot);
+        continue;
+      }
+    }
+#endif
     for (int64_t j = 0; j < nv; ++j) {
       const int64_t pos = blk + j;
       const int64_t slot = static_cast<int64_t>(pages[pos / S]) * S + pos % S;
@@ -215,6 +355,7 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
         store(ot + d * R + c * 16, acc);
       }
     }
+
   }
 
   float m_row[R], l_row[R];
