@@ -82,8 +82,7 @@ inline void check_paged_attention_values(const at::Tensor& q, const at::Tensor& 
                 page_size, ")");
     if (tree_mask.has_value()) {
       TORCH_CHECK(q_len <= tree_mask->size(1), "tree_mask: expected at least ", q_len,
-                  " columns (the queries of sequence ", b, "), got shape ",
-                  shape_str(*tree_mask));
+                  " columns (the queries of sequence ", b, "), got shape ", shape_str(*tree_mask));
     }
     for (int64_t j = 0; j < (kv_len + page_size - 1) / page_size; ++j) {
       const int32_t page = bt_p[b * max_pages + j];

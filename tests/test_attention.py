@@ -131,6 +131,22 @@ def test_matches_reference(device, backend, dtype, case):
     torch.testing.assert_close(out_only, out, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512bf16"])
+def test_every_cpu_kernel_copy(isa, monkeypatch):
+    """The CPU kernel is compiled once per instruction set; PIPO_CPU_ISA caps the runtime choice
+    so each copy this CPU can run is checked (a copy the CPU lacks falls back to a lower one)."""
+    if not pipo_kernels.HAS_C:
+        pytest.skip("pipo_kernels._C is not built")
+    monkeypatch.setenv("PIPO_CPU_ISA", isa)
+    for case in CASES[:5]:
+        for dtype in DTYPES:
+            args = make_inputs(case, dtype, "cpu", seed=3)
+            out, lse = pipo_kernels.paged_attention(
+                *args, sm_scale=case.sm_scale, return_lse=True, num_splits=2, backend="cpu"
+            )
+            check_against_reference(args, out, lse, dtype, case.sm_scale)
+
+
 def test_reference_against_plain_sdpa():
     """The reference itself: one causal sequence with no prefix is plain causal SDPA."""
     case = Case("one", (9,), (0,), 4, 2, 64, 4)

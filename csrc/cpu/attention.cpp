@@ -1,5 +1,7 @@
 // paged_attention on the CPU: argument checks, task list, ISA dispatch and the merge of KV splits.
 // The tile kernel itself is attention_kernel.h, compiled once per instruction set below.
+#include "../attention.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -8,11 +10,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
-
-#include "../attention.h"
 
 namespace pipo::cpu_attention {
 
@@ -34,10 +36,10 @@ struct Params {
   int64_t num_tokens, num_q_heads, num_kv_heads, group, head_dim, page_size;
   float scale_log2;  // sm_scale * log2(e)
   int64_t num_splits;
-  void* out;         // [num_tokens, num_q_heads, head_dim], q's dtype
-  float* lse;        // [num_tokens, num_q_heads] or null
-  float* part_out;   // [num_splits, num_tokens, num_q_heads, head_dim] when num_splits > 1
-  float* part_lse;   // [num_splits, num_tokens, num_q_heads]
+  void* out;        // [num_tokens, num_q_heads, head_dim], q's dtype
+  float* lse;       // [num_tokens, num_q_heads] or null
+  float* part_out;  // [num_splits, num_tokens, num_q_heads, head_dim] when num_splits > 1
+  float* part_lse;  // [num_splits, num_tokens, num_q_heads]
 };
 
 // Rows [row0, row0 + rows) of sequence seq, a row being query (row / group) with head
@@ -97,7 +99,8 @@ using cpu_attention::kMaxRows;
 using cpu_attention::Params;
 using cpu_attention::Task;
 
-void run_kernel(const Params& p, const std::vector<Task>& tasks) {
+// The best kernel copy the CPU supports: 3 AVX512-BF16, 2 AVX-512, 1 AVX2+FMA, 0 generic.
+int best_isa() {
   static const int isa = [] {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -108,10 +111,33 @@ void run_kernel(const Params& p, const std::vector<Task>& tasks) {
       return 1;
     return 0;
   }();
-  if (isa == 3) return cpu_attention::avx512bf16::run(p, tasks);
-  if (isa == 2) return cpu_attention::avx512::run(p, tasks);
-  if (isa == 1) return cpu_attention::avx2::run(p, tasks);
-  cpu_attention::generic::run(p, tasks);
+  return isa;
+}
+
+// PIPO_CPU_ISA=generic|avx2|avx512|avx512bf16 caps the choice (tests run every copy this way).
+int chosen_isa() {
+  int isa = best_isa();
+  if (const char* env = std::getenv("PIPO_CPU_ISA"); env != nullptr && env[0] != '\0') {
+    const std::string name(env);
+    const int cap = name == "generic" ? 0 : name == "avx2" ? 1 : name == "avx512" ? 2 : 3;
+    TORCH_CHECK(cap < 3 || name == "avx512bf16", "PIPO_CPU_ISA: expected generic, avx2, avx512 ",
+                "or avx512bf16, got ", name);
+    isa = std::min(isa, cap);
+  }
+  return isa;
+}
+
+void run_kernel(const Params& p, const std::vector<Task>& tasks) {
+  switch (chosen_isa()) {
+    case 3:
+      return cpu_attention::avx512bf16::run(p, tasks);
+    case 2:
+      return cpu_attention::avx512::run(p, tasks);
+    case 1:
+      return cpu_attention::avx2::run(p, tasks);
+    default:
+      return cpu_attention::generic::run(p, tasks);
+  }
 }
 
 // out[t, h] = sum_s w_s * part_out[s, t, h] with w_s = exp(part_lse[s] - lse), lse the

@@ -76,9 +76,7 @@ PIPO_INLINE void to_float(const c10::Half* src, float* dst, int64_t n) {
 
 #ifdef PIPO_ISA_BF16_DOT
 constexpr bool kBf16Dot = true;
-PIPO_INLINE vu splat_bits(uint32_t x) {
-  return vu{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-}
+PIPO_INLINE vu splat_bits(uint32_t x) { return vu{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 PIPO_INLINE vu load_bits(const uint32_t* p) {
   vu v;
   std::memcpy(&v, p, sizeof(v));
@@ -87,9 +85,8 @@ PIPO_INLINE vu load_bits(const uint32_t* p) {
 PIPO_INLINE void store_bits(uint32_t* p, vu v) { std::memcpy(p, &v, sizeof(v)); }
 // acc + a[2i] * b[2i] + a[2i+1] * b[2i+1] per float lane i; a and b hold bfloat16 pairs.
 PIPO_INLINE vf dot2(vf acc, vu a, vu b) {
-  return reinterpret_cast<vf>(
-      _mm512_dpbf16_ps(reinterpret_cast<__m512>(acc), reinterpret_cast<__m512bh>(a),
-                       reinterpret_cast<__m512bh>(b)));
+  return reinterpret_cast<vf>(_mm512_dpbf16_ps(
+      reinterpret_cast<__m512>(acc), reinterpret_cast<__m512bh>(a), reinterpret_cast<__m512bh>(b)));
 }
 // Round-to-nearest-even float -> bfloat16 bits, in the low 16 bits of each lane.
 PIPO_INLINE vu bf16_bits(vf x) {
@@ -296,9 +293,8 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
       const int64_t key = blk + j - prefix;
       for (int64_t r = 0; r < nrows; ++r) {
         const int64_t qi = qi_of[r];
-        const bool seen = p.tree_mask == nullptr
-                              ? key <= qi
-                              : p.tree_mask[(q_start + qi) * p.mask_stride + key];
+        const bool seen =
+            p.tree_mask == nullptr ? key <= qi : p.tree_mask[(q_start + qi) * p.mask_stride + key];
         if (!seen) s[j * R + r] = -INFINITY;
       }
     }
@@ -355,7 +351,6 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
         store(ot + d * R + c * 16, acc);
       }
     }
-
   }
 
   float m_row[R], l_row[R];
@@ -386,27 +381,28 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
 template <typename T>
 void run_typed(const Params& p, const std::vector<Task>& tasks) {
   const int64_t per_task = p.num_kv_heads * p.num_splits;
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()) * per_task, 1, [&](int64_t i0, int64_t i1) {
-    Scratch w(p.head_dim);
-    for (int64_t i = i0; i < i1; ++i) {
-      const Task& task = tasks[i / per_task];
-      const int64_t hkv = (i % per_task) / p.num_splits, split = i % p.num_splits;
-      switch ((task.rows + 15) / 16) {
-        case 1:
-          attend_tile<T, 1>(p, task, hkv, split, w);
-          break;
-        case 2:
-          attend_tile<T, 2>(p, task, hkv, split, w);
-          break;
-        case 3:
-          attend_tile<T, 3>(p, task, hkv, split, w);
-          break;
-        default:
-          attend_tile<T, 4>(p, task, hkv, split, w);
-          break;
-      }
-    }
-  });
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()) * per_task, 1,
+                   [&](int64_t i0, int64_t i1) {
+                     Scratch w(p.head_dim);
+                     for (int64_t i = i0; i < i1; ++i) {
+                       const Task& task = tasks[i / per_task];
+                       const int64_t hkv = (i % per_task) / p.num_splits, split = i % p.num_splits;
+                       switch ((task.rows + 15) / 16) {
+                         case 1:
+                           attend_tile<T, 1>(p, task, hkv, split, w);
+                           break;
+                         case 2:
+                           attend_tile<T, 2>(p, task, hkv, split, w);
+                           break;
+                         case 3:
+                           attend_tile<T, 3>(p, task, hkv, split, w);
+                           break;
+                         default:
+                           attend_tile<T, 4>(p, task, hkv, split, w);
+                           break;
+                       }
+                     }
+                   });
 }
 
 #undef PIPO_INLINE

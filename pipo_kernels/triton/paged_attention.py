@@ -96,10 +96,7 @@ def _paged_attention_kernel(
 
     # Positions this program reads: the tile's visible range, cut to this split's share.
     last_qi = (tl.minimum(t_in * BLOCK_M + BLOCK_M, n_rows) - 1) // GROUP
-    if HAS_MASK:
-        hi = kv_len
-    else:
-        hi = prefix + last_qi + 1
+    hi = kv_len if HAS_MASK else prefix + last_qi + 1
     hi = tl.minimum(hi, bt_stride * PAGE_SIZE)
     chunk = tl.cdiv(tl.cdiv(kv_len, num_splits), BLOCK_N) * BLOCK_N
     chunk = tl.maximum(chunk, BLOCK_N)
@@ -144,7 +141,9 @@ def _paged_attention_kernel(
 
     empty = l_i == 0.0
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    lse = tl.where(
+        empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453
+    )
     idx = token.to(tl.int64) * NUM_Q_HEADS + head
     o_mask = row_ok[:, None] & d_ok[None, :]
     if SPLIT:
@@ -176,7 +175,9 @@ def _paged_attention_merge_kernel(
     s_ok = s < num_splits
     lse = tl.load(part_lse_ptr + s * rows + row, mask=s_ok, other=float("-inf"))
     mx = tl.max(lse, 0)
-    w = tl.where(s_ok & (lse > float("-inf")), tl.exp(lse - tl.where(mx == float("-inf"), 0.0, mx)), 0.0)
+    w = tl.where(
+        s_ok & (lse > float("-inf")), tl.exp(lse - tl.where(mx == float("-inf"), 0.0, mx)), 0.0
+    )
     total = tl.sum(w, 0)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
@@ -188,7 +189,10 @@ def _paged_attention_merge_kernel(
     o = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + row * HEAD_DIM + d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
     if WRITE_LSE:
-        tl.store(lse_ptr + row, tl.where(total > 0, mx + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
+        tl.store(
+            lse_ptr + row,
+            tl.where(total > 0, mx + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")),
+        )
 
 
 def _auto_splits(q: torch.Tensor, programs: int, capacity: int) -> int:

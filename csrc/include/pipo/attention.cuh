@@ -96,15 +96,15 @@ __device__ __forceinline__ void cp_async_wait() {
 template <typename T, int D>
 struct Layout {
   static constexpr int kRowBytes = D * static_cast<int>(sizeof(T)) + kPadBytes;  // padded: no
-  static constexpr int kVecPerRow = D * static_cast<int>(sizeof(T)) / 16;  // bank conflicts
-  static constexpr int kVec = 16 / static_cast<int>(sizeof(T));            // elements per 16 B
-  static constexpr int kTileBytes = kBlockN * kRowBytes;                    // one K or V tile
+  static constexpr int kVecPerRow = D * static_cast<int>(sizeof(T)) / 16;        // bank conflicts
+  static constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16 B
+  static constexpr int kTileBytes = kBlockN * kRowBytes;         // one K or V tile
   static constexpr int kPerLane = D / 32;  // output columns per lane in the P·V phase
 };
 
 template <typename T, int D, int RPW>
 constexpr size_t smem_bytes() {
-  return 4 * static_cast<size_t>(Layout<T, D>::kTileBytes) +  // K and V, two stages each
+  return 4 * static_cast<size_t>(Layout<T, D>::kTileBytes) +     // K and V, two stages each
          static_cast<size_t>(kWarps * RPW) * D * sizeof(float);  // scaled queries
 }
 
@@ -141,8 +141,7 @@ __device__ __forceinline__ void find_tile(const PagedAttentionParams& p, int row
 }
 
 template <typename T, int D, int RPW>
-__global__ void __launch_bounds__(kThreads)
-    paged_attention_kernel(const PagedAttentionParams p) {
+__global__ void __launch_bounds__(kThreads) paged_attention_kernel(const PagedAttentionParams p) {
   using L = Layout<T, D>;
   constexpr int ROWS = kWarps * RPW;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -256,8 +255,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int e = 0; e < L::kVec; e += 4) {
           const float4 qv = *reinterpret_cast<const float4*>(qr + e);
-          s[i] += qv.x * to_float(kv[e]) + qv.y * to_float(kv[e + 1]) +
-                  qv.z * to_float(kv[e + 2]) + qv.w * to_float(kv[e + 3]);
+          s[i] += qv.x * to_float(kv[e]) + qv.y * to_float(kv[e + 1]) + qv.z * to_float(kv[e + 2]) +
+                  qv.w * to_float(kv[e + 3]);
         }
       }
     }
@@ -276,8 +275,8 @@ __global__ void __launch_bounds__(kThreads)
           seen = key <= qi[i];
         } else {
           const int64_t token = q_start + qi[i];
-          seen = key < p.mask_cols && token < p.num_tokens &&
-                 p.tree_mask[token * p.mask_cols + key];
+          seen =
+              key < p.mask_cols && token < p.num_tokens && p.tree_mask[token * p.mask_cols + key];
         }
       }
       s[i] = seen ? s[i] : -INFINITY;
@@ -350,7 +349,8 @@ __global__ void __launch_bounds__(kThreads)
 // One warp per (token, head) row: weights exp(lse_s - max) over the splits, weighted mean of the
 // partial outputs, log-sum-exp of the splits' lse.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) paged_attention_merge_kernel(const PagedAttentionParams p) {
+__global__ void __launch_bounds__(kThreads)
+    paged_attention_merge_kernel(const PagedAttentionParams p) {
   constexpr int kPerLane = D / 32;
   const int64_t rows = p.num_tokens * p.num_q_heads;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -453,8 +453,7 @@ inline int paged_attention_auto_splits(const PagedAttentionParams& p, int device
 inline cudaError_t launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0 || p.batch == 0) return cudaSuccess;
   const int rpw = attn::rows_per_warp(p);
-  const int64_t tiles =
-      ceil_div<int64_t>(p.num_tokens * p.group, attn::kWarps * rpw) + p.batch;
+  const int64_t tiles = ceil_div<int64_t>(p.num_tokens * p.group, attn::kWarps * rpw) + p.batch;
   switch (p.dtype) {
     case AttnDtype::kFloat:
       return attn::launch_dims<float>(p, static_cast<int>(tiles), rpw, stream);
