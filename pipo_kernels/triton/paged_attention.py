@@ -90,7 +90,9 @@ def _paged_attention_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     q_off = token.to(tl.int64) * q_stride_tok + head * q_stride_head
-    q = tl.load(q_ptr + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :])
+    q = tl.load(
+        q_ptr + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
+    )
     if UPCAST:
         q = q.to(tl.float32)
 
@@ -147,7 +149,7 @@ def _paged_attention_kernel(
     idx = token.to(tl.int64) * NUM_Q_HEADS + head
     o_mask = row_ok[:, None] & d_ok[None, :]
     if SPLIT:
-        part = split * num_tokens.to(tl.int64) * NUM_Q_HEADS + idx
+        part = split.to(tl.int64) * num_tokens * NUM_Q_HEADS + idx
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=o_mask)
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
     else:

@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const PagedAt
     }
 #pragma unroll 4
     for (int n = 0; n < kBlockN; ++n) {
-      T v[L::kPerLane];
+      alignas(16) T v[L::kPerLane];
       const unsigned char* src = v_col + n * L::kRowBytes;
       if constexpr (L::kPerLane * sizeof(T) == 16) {
         *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(src);
