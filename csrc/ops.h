@@ -3,18 +3,38 @@
 
 #include <torch/all.h>
 
+#include <tuple>
+
 namespace pipo {
 
 void kv_cache_append_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
                          at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                           const at::Tensor& dst_slots);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(const at::Tensor& draft_tokens,
+                                                               const at::Tensor& parents,
+                                                               const at::Tensor& q_indptr,
+                                                               const at::Tensor& target_tokens,
+                                                               int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cpu(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth);
 
 #ifdef PIPO_WITH_CUDA
 void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
                           at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                            const at::Tensor& dst_slots);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(const at::Tensor& draft_tokens,
+                                                                const at::Tensor& parents,
+                                                                const at::Tensor& q_indptr,
+                                                                const at::Tensor& target_tokens,
+                                                                int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cuda(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth);
 #endif
 
 }  // namespace pipo

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - only when the extension was not
 from . import reference
 from ._backend import available_backends, resolve
 from .kv_cache import kv_cache_append, kv_cache_compact
+from .verify import verify_tree, verify_tree_stochastic
 
 HAS_C = _C is not None
 
@@ -42,4 +43,6 @@ __all__ = [
     "kv_cache_compact",
     "reference",
     "resolve",
+    "verify_tree",
+    "verify_tree_stochastic",
 ]
