@@ -10,7 +10,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..verify import check_greedy_args, check_tree_values, empty_outputs
+from ..verify import _verify_tree_fake, check_greedy_args, check_tree_values, empty_outputs
 
 # Index bound of the (depth, index) key: nodes are local indices < 2**31.
 _INDEX_MAX = 2**31 - 1
@@ -103,3 +103,8 @@ def verify_tree(
         BLOCK_D=triton.next_power_of_2(max_depth + 1),
     )
     return accept_len, accept_index, bonus_token
+
+
+# Shape-only fake: without it, tracing with TRITON_INTERPRET=1 would run the interpreter on fake
+# tensors.
+verify_tree.register_fake(_verify_tree_fake)

@@ -11,7 +11,12 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..verify import check_stochastic_args, check_tree_values, empty_outputs
+from ..verify import (
+    _verify_tree_stochastic_fake,
+    check_stochastic_args,
+    check_tree_values,
+    empty_outputs,
+)
 
 
 @triton.jit
@@ -163,3 +168,8 @@ def verify_tree_stochastic(
         BLOCK_D=triton.next_power_of_2(max_depth + 1),
     )
     return accept_len, accept_index, bonus_token
+
+
+# Shape-only fake: without it, tracing with TRITON_INTERPRET=1 would run the interpreter on fake
+# tensors.
+verify_tree_stochastic.register_fake(_verify_tree_stochastic_fake)
