@@ -7,7 +7,8 @@
 
 namespace pipo {
 
-// draft_tokens / target_tokens [Nq] int64, parents [Nq] int32, q_indptr [B+1] int32, max_depth >= 0.
+// draft_tokens / target_tokens [Nq] int64, parents [Nq] int32, q_indptr [B+1] int32, max_depth >=
+// 0.
 inline void check_verify_tree_args(const at::Tensor& draft_tokens, const at::Tensor& parents,
                                    const at::Tensor& q_indptr, int64_t max_depth) {
   check_dim(draft_tokens, 1, "draft_tokens");
@@ -39,15 +40,15 @@ inline void check_token_tensor(const at::Tensor& t, const at::Tensor& draft_toke
 }
 
 // draft_probs / target_probs [Nq, V] float32; seeds / offsets [B] int64.
-inline void check_verify_stochastic_args(const at::Tensor& draft_tokens,
-                                         const at::Tensor& q_indptr,
+inline void check_verify_stochastic_args(const at::Tensor& draft_tokens, const at::Tensor& q_indptr,
                                          const at::Tensor& draft_probs,
                                          const at::Tensor& target_probs, const at::Tensor& seeds,
                                          const at::Tensor& offsets) {
   check_dim(draft_probs, 2, "draft_probs");
   check_dtype(draft_probs, at::kFloat, "draft_probs");
   check_contiguous(draft_probs, "draft_probs");
-  check_size(draft_probs, 0, draft_tokens.size(0), "draft_probs", "number of nodes of draft_tokens");
+  check_size(draft_probs, 0, draft_tokens.size(0), "draft_probs",
+             "number of nodes of draft_tokens");
   check_same_device(draft_probs, draft_tokens, "draft_probs", "draft_tokens");
   TORCH_CHECK(target_probs.sizes() == draft_probs.sizes(),
               "target_probs: expected the shape of draft_probs ", shape_str(draft_probs), ", got ",
@@ -70,8 +71,7 @@ inline void check_verify_stochastic_args(const at::Tensor& draft_tokens,
 // and every other node's parent is an earlier node of its sequence; no node is deeper than
 // max_depth; with vocab >= 0 every non-root draft token is in [0, vocab).
 inline void check_tree_values(const at::Tensor& draft_tokens, const at::Tensor& parents,
-                              const at::Tensor& q_indptr, int64_t max_depth,
-                              int64_t vocab = -1) {
+                              const at::Tensor& q_indptr, int64_t max_depth, int64_t vocab = -1) {
   const int32_t* ip = q_indptr.data_ptr<int32_t>();
   const int32_t* par = parents.data_ptr<int32_t>();
   const int64_t* draft = draft_tokens.data_ptr<int64_t>();
@@ -92,12 +92,12 @@ inline void check_tree_values(const at::Tensor& draft_tokens, const at::Tensor& 
                     " is the root and must have parent -1, got ", p);
         continue;
       }
-      TORCH_CHECK(p >= 0 && p < local, "parents: node ", local, " of sequence ", b,
-                  " has parent ", p, "; expected 0 <= parent < ", local,
+      TORCH_CHECK(p >= 0 && p < local, "parents: node ", local, " of sequence ", b, " has parent ",
+                  p, "; expected 0 <= parent < ", local,
                   " (indices local to the sequence, parents before children)");
       depth[i] = depth[ip[b] + p] + 1;
-      TORCH_CHECK(depth[i] <= max_depth, "parents: node ", local, " of sequence ", b,
-                  " has depth ", depth[i], " > max_depth = ", max_depth);
+      TORCH_CHECK(depth[i] <= max_depth, "parents: node ", local, " of sequence ", b, " has depth ",
+                  depth[i], " > max_depth = ", max_depth);
       TORCH_CHECK(vocab < 0 || (draft[i] >= 0 && draft[i] < vocab), "draft_tokens: node ", local,
                   " of sequence ", b, " has token ", draft[i],
                   ", out of range for a vocabulary of ", vocab);

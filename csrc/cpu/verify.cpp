@@ -1,5 +1,7 @@
 // Draft-tree verification on the CPU: one task per sequence, each walking its tree in node order
 // (parents come before children, so one forward pass settles every node).
+#include "../verify.h"
+
 #include <ATen/Parallel.h>
 #include <torch/all.h>
 
@@ -7,7 +9,6 @@
 #include <tuple>
 #include <vector>
 
-#include "../verify.h"
 #include "pipo/verify_rng.h"
 
 namespace pipo {
@@ -48,8 +49,7 @@ float residual_mass(const float* t, const float* q, float scale, int64_t vocab) 
 
 // Inverse-CDF sample: the first v whose running sum exceeds `target`; when rounding leaves the
 // total at or below `target`, the last v with positive mass; -1 for an all-zero residual.
-int64_t sample_residual(const float* t, const float* q, float scale, int64_t vocab,
-                        double target) {
+int64_t sample_residual(const float* t, const float* q, float scale, int64_t vocab, double target) {
   double cum = 0.0;
   int64_t last_positive = -1;
   for (int64_t v = 0; v < vocab; ++v) {
@@ -104,9 +104,8 @@ VerifyOutputs verify_tree_cpu(const at::Tensor& draft_tokens, const at::Tensor& 
   return {accept_len, accept_index, bonus_token};
 }
 
-VerifyOutputs verify_tree_stochastic_cpu(const at::Tensor& draft_tokens,
-                                         const at::Tensor& parents, const at::Tensor& q_indptr,
-                                         const at::Tensor& draft_probs,
+VerifyOutputs verify_tree_stochastic_cpu(const at::Tensor& draft_tokens, const at::Tensor& parents,
+                                         const at::Tensor& q_indptr, const at::Tensor& draft_probs,
                                          const at::Tensor& target_probs, const at::Tensor& seeds,
                                          const at::Tensor& offsets, int64_t max_depth) {
   check_verify_tree_args(draft_tokens, parents, q_indptr, max_depth);
