@@ -16,6 +16,14 @@ namespace {
 
 using VerifyOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// Sequences per parallel task: enough that a task does ~256k elementary steps, since a tree is
+// tiny and waking threads for a few microseconds of work costs more than it saves.
+int64_t sequences_per_task(int64_t batch, int64_t work) {
+  constexpr int64_t kTaskWork = int64_t{1} << 18;
+  const int64_t per_sequence = std::max<int64_t>(1, work / std::max<int64_t>(1, batch));
+  return std::max<int64_t>(1, kTaskWork / per_sequence);
+}
+
 VerifyOutputs empty_outputs(const at::Tensor& like, int64_t batch, int64_t max_depth) {
   return {at::zeros({batch}, like.options().dtype(at::kInt)),
           at::full({batch, max_depth + 1}, -1, like.options().dtype(at::kInt)),
@@ -82,7 +90,8 @@ VerifyOutputs verify_tree_cpu(const at::Tensor& draft_tokens, const at::Tensor& 
   int32_t* index_out = accept_index.data_ptr<int32_t>();
   int64_t* bonus_out = bonus_token.data_ptr<int64_t>();
 
-  at::parallel_for(0, batch, 16, [&](int64_t begin, int64_t end) {
+  const int64_t grain = sequences_per_task(batch, draft_tokens.size(0));
+  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> depth;  // -1: not accepted
     for (int64_t b = begin; b < end; ++b) {
       const int64_t start = ip[b], n = ip[b + 1] - ip[b];
@@ -128,7 +137,9 @@ VerifyOutputs verify_tree_stochastic_cpu(const at::Tensor& draft_tokens, const a
   int32_t* index_out = accept_index.data_ptr<int32_t>();
   int64_t* bonus_out = bonus_token.data_ptr<int64_t>();
 
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  // Each sequence makes a few passes over two [V] rows per node on its path.
+  const int64_t grain = sequences_per_task(batch, 4 * batch * std::max<int64_t>(1, vocab));
+  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t start = ip[b], n = ip[b + 1] - ip[b];
       if (n == 0) continue;

@@ -75,16 +75,17 @@ def _verify_tree_stochastic_kernel(
     stream = _mix64(_mix64(seed) + tl.load(offsets_ptr + b).to(tl.uint64))
     row = index_ptr + b * (max_depth + 1)
     tl.store(row, 0, mask=n > 0)
+    # Loop-carried scalars start as typed tensors (compiled Triton requires fixed types).
     u = n * 0
     depth = n * 0
     step = n * 0
-    scale = 0.0
-    mass = 0.0
+    scale = tl.full((), 0.0, tl.float32)
+    mass = tl.full((), 0.0, tl.float32)
     walking = n > 0
     while walking:
         t_ptr = tprobs_ptr + (start + u) * vocab
         q_ptr = dprobs_ptr + (start + u) * vocab
-        scale = 0.0
+        scale = tl.full((), 0.0, tl.float32)
         mass = _residual_mass(t_ptr, q_ptr, scale, vocab, BLOCK_V)
         nxt = u * 0 - 1
         # Children in index order; none is tried at max_depth (they could not be reported).
@@ -98,7 +99,7 @@ def _verify_tree_stochastic_kernel(
                 qx = tl.load(q_ptr + x)
                 px = tl.maximum(tl.load(t_ptr + x) - scale * qx, 0.0)
                 if r * qx * mass < px:
-                    nxt = c
+                    nxt = c + u * 0  # int64, whatever the loop variable's type
                 else:
                     # Rejected: residual max(0, t - (scale + mass) q), unless that is all zeros.
                     new_scale = scale + mass
