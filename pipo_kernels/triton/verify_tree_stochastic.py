@@ -9,7 +9,9 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+from triton.language.extra import libdevice
 
+from .._backend import triton_interpreting
 from .._checks import should_check_values
 from ..verify import (
     _verify_tree_stochastic_fake,
@@ -32,20 +34,38 @@ def _uniform(stream, step):
     return (h >> 40).to(tl.float32) * (1.0 / 16777216.0)
 
 
+# Float32 products and sums rounded one at a time (never fused into an FMA), so the compiled
+# kernel rounds exactly like the C++ kernels and the reference; the interpreter (numpy) never fuses.
 @triton.jit
-def _residual(t_ptr, q_ptr, scale, v, mask):
+def _mul(a, b, EXACT: tl.constexpr):
+    if EXACT:
+        return libdevice.mul_rn(a, b)
+    else:
+        return a * b
+
+
+@triton.jit
+def _sub(a, b, EXACT: tl.constexpr):
+    if EXACT:
+        return libdevice.sub_rn(a, b)
+    else:
+        return a - b
+
+
+@triton.jit
+def _residual(t_ptr, q_ptr, scale, v, mask, EXACT: tl.constexpr):
     t = tl.load(t_ptr + v, mask=mask, other=0.0)
     q = tl.load(q_ptr + v, mask=mask, other=0.0)
-    return tl.maximum(t - scale * q, 0.0)
+    return tl.maximum(_sub(t, _mul(scale, q, EXACT), EXACT), 0.0)
 
 
 @triton.jit
-def _residual_mass(t_ptr, q_ptr, scale, vocab, BLOCK_V: tl.constexpr):
+def _residual_mass(t_ptr, q_ptr, scale, vocab, BLOCK_V: tl.constexpr, EXACT: tl.constexpr):
     # Summed in float64 and rounded once, like every other backend.
     acc = tl.zeros([BLOCK_V], dtype=tl.float64)
     for v0 in range(0, vocab, BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V)
-        acc += _residual(t_ptr, q_ptr, scale, v, v < vocab).to(tl.float64)
+        acc += _residual(t_ptr, q_ptr, scale, v, v < vocab, EXACT).to(tl.float64)
     return tl.sum(acc, axis=0).to(tl.float32)
 
 
@@ -66,6 +86,7 @@ def _verify_tree_stochastic_kernel(
     max_depth,
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    EXACT: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     start = tl.minimum(tl.maximum(tl.load(indptr_ptr + b).to(tl.int64), 0), num_nodes)
@@ -86,7 +107,7 @@ def _verify_tree_stochastic_kernel(
         t_ptr = tprobs_ptr + (start + u) * vocab
         q_ptr = dprobs_ptr + (start + u) * vocab
         scale = tl.full((), 0.0, tl.float32)
-        mass = _residual_mass(t_ptr, q_ptr, scale, vocab, BLOCK_V)
+        mass = _residual_mass(t_ptr, q_ptr, scale, vocab, BLOCK_V, EXACT)
         nxt = u * 0 - 1
         # Children in index order; none is tried at max_depth (they could not be reported).
         last = tl.where(depth < max_depth, n, u + 1)
@@ -97,13 +118,13 @@ def _verify_tree_stochastic_kernel(
                 r = _uniform(stream, step)
                 step += 1
                 qx = tl.load(q_ptr + x)
-                px = tl.maximum(tl.load(t_ptr + x) - scale * qx, 0.0)
-                if r * qx * mass < px:
+                px = tl.maximum(_sub(tl.load(t_ptr + x), _mul(scale, qx, EXACT), EXACT), 0.0)
+                if _mul(_mul(r, qx, EXACT), mass, EXACT) < px:
                     nxt = c + u * 0  # int64, whatever the loop variable's type
                 else:
                     # Rejected: residual max(0, t - (scale + mass) q), unless that is all zeros.
                     new_scale = scale + mass
-                    new_mass = _residual_mass(t_ptr, q_ptr, new_scale, vocab, BLOCK_V)
+                    new_mass = _residual_mass(t_ptr, q_ptr, new_scale, vocab, BLOCK_V, EXACT)
                     if new_mass > 0.0:
                         scale = new_scale
                         mass = new_mass
@@ -120,14 +141,14 @@ def _verify_tree_stochastic_kernel(
     # Bonus token: inverse CDF of the final residual, running sums in float64.
     t_ptr = tprobs_ptr + (start + u) * vocab
     q_ptr = dprobs_ptr + (start + u) * vocab
-    target = (_uniform(stream, step) * mass).to(tl.float64)
+    target = _mul(_uniform(stream, step), mass, EXACT).to(tl.float64)
     carry = tl.zeros((), dtype=tl.float64)
     first = tl.full((), 2**62, tl.int64)
     last_positive = tl.full((), -1, tl.int64)
     for v0 in range(0, tl.where(n > 0, vocab, 0), BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         live = v < vocab
-        p = _residual(t_ptr, q_ptr, scale, v, live)
+        p = _residual(t_ptr, q_ptr, scale, v, live, EXACT)
         p64 = p.to(tl.float64)
         cum = tl.cumsum(p64, axis=0) + carry
         first = tl.minimum(first, tl.min(tl.where(live & (cum > target), v, 2**62), axis=0))
@@ -167,6 +188,7 @@ def verify_tree_stochastic(
         max_depth,
         BLOCK_V=min(max(triton.next_power_of_2(vocab), 16), 1024),
         BLOCK_D=triton.next_power_of_2(max_depth + 1),
+        EXACT=not triton_interpreting(),
     )
     return accept_len, accept_index, bonus_token
 
