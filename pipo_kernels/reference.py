@@ -75,7 +75,7 @@ def _tree_children(parents: list[int], n: int) -> list[list[int]]:
     return children
 
 
-def _verify_outputs(batch: int, max_depth: int, device: torch.device):
+def _verify_outputs(batch: int, max_depth: int):
     accept_len = torch.zeros(batch, dtype=torch.int32)
     accept_index = torch.full((batch, max_depth + 1), -1, dtype=torch.int32)
     bonus_token = torch.full((batch,), -1, dtype=torch.int64)
@@ -93,7 +93,7 @@ def verify_tree(
     draft_tokens[i] == target_tokens[parent]; the deepest accepted node (lowest index on ties)
     ends the accepted path. Expects valid trees (parents[i] < i, depth <= max_depth)."""
     batch = q_indptr.shape[0] - 1
-    accept_len, accept_index, bonus_token = _verify_outputs(batch, max_depth, draft_tokens.device)
+    accept_len, accept_index, bonus_token = _verify_outputs(batch, max_depth)
     indptr = q_indptr.tolist()
     for b in range(batch):
         start, n = indptr[b], indptr[b + 1] - indptr[b]
@@ -152,8 +152,8 @@ def verify_tree_stochastic(
     residual's mass, r the next uniform), i.e. with probability min(1, p[x] / q[x]). The bonus
     token is the first v whose running (float64) sum of the residual exceeds r * m."""
     batch = q_indptr.shape[0] - 1
-    vocab = draft_probs.shape[1] if draft_probs.dim() == 2 else 0
-    accept_len, accept_index, bonus_token = _verify_outputs(batch, max_depth, draft_tokens.device)
+    vocab = draft_probs.shape[1]
+    accept_len, accept_index, bonus_token = _verify_outputs(batch, max_depth)
     indptr = q_indptr.tolist()
     dprobs = draft_probs.detach().cpu().float()
     tprobs = target_probs.detach().cpu().float()

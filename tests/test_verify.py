@@ -221,12 +221,20 @@ def test_matches_reference_many_trees(op):
         assert_same(run(op, args, "cpu"), ref(op, args))
 
 
+def poison_cuda_allocator() -> None:
+    """Fill freed cached blocks with a marker, so outputs the kernels fail to write (they come from
+    torch.empty) hold garbage rather than zeros left by earlier tests."""
+    for numel in (1 << 10, 1 << 16, 1 << 20):
+        torch.full((numel,), 0x5A5A5A5A5A5A5A5A, dtype=torch.int64, device="cuda")
+
+
 @needs_cuda
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.name for s in SAMPLES])
 def test_matches_reference_cuda(sample, op, backend):
     args = args_of(op, sample.tensors("cuda"))
+    poison_cuda_allocator()
     got = run(op, args, backend)
     assert got[0].is_cuda
     assert_same(got, ref(op, args))
@@ -386,12 +394,12 @@ def test_uniforms_reference_values():
 
 @pytest.mark.parametrize("backend", [*cpu_backends("verify_tree_stochastic"), "torch"])
 def test_stochastic_deterministic(backend):
-    args = list(stochastic_args(Sample("det", (9, 6, 7), 4, 6, seed=11).tensors()))
+    args = list(stochastic_args(Sample("det", (6, 4, 5), 3, 6, seed=11).tensors()))
     a = run("verify_tree_stochastic", tuple(args), backend)
     b = run("verify_tree_stochastic", tuple(args), backend)
     assert_same(a, b)
     outs = set()
-    for off in range(12):
+    for off in range(6):
         args[6] = torch.full((3,), off)
         outs.add(
             tuple(
@@ -408,14 +416,19 @@ def test_stochastic_deterministic(backend):
 OPCHECK_SAMPLES = [s for s in SAMPLES if s.name in ("mixed_sizes", "empty_batch", "wide")]
 
 
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=needs_cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("suffix", ["", "_triton"])
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("sample", OPCHECK_SAMPLES, ids=[s.name for s in OPCHECK_SAMPLES])
-def test_opcheck(sample, op, suffix):
+def test_opcheck(sample, op, suffix, device):
     name = op + suffix
     if not hasattr(torch.ops.pipo, name):
         pytest.skip(f"torch.ops.pipo.{name} is not registered")
-    device = "cuda" if HAS_CUDA else "cpu"
+    if suffix == "_triton" and device == "cpu" and HAS_CUDA:
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
     torch.library.opcheck(
         getattr(torch.ops.pipo, name),
         args_of(op, sample.tensors(device)),
@@ -423,10 +436,17 @@ def test_opcheck(sample, op, suffix):
     )
 
 
+COMPILE_PARAMS = [
+    pytest.param("cpu", "cpu", id="cpu-cpu"),
+    pytest.param("cuda", "cuda", id="cuda-cuda", marks=needs_cuda),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=needs_cuda),
+]
+
+
+@pytest.mark.parametrize(("device", "backend"), COMPILE_PARAMS)
 @pytest.mark.parametrize("op", OPS)
-def test_torch_compile_fullgraph(op):
-    backend = "cuda" if HAS_CUDA else "cpu"
-    if backend not in pk.available_backends(op, torch.device(backend)):
+def test_torch_compile_fullgraph(op, device, backend):
+    if backend not in pk.available_backends(op, torch.device(device)):
         pytest.skip(f"no {backend} kernel")
     torch._dynamo.reset()
 
@@ -436,7 +456,7 @@ def test_torch_compile_fullgraph(op):
 
     compiled = torch.compile(step, fullgraph=True)
     for sample in (SAMPLES[0], SAMPLES[1]):
-        args = args_of(op, sample.tensors(backend))
+        args = args_of(op, sample.tensors(device))
         want = ref(op, args)
         got = compiled(*args)
         assert_same(got, (want[0] + 1, want[1] * 2, want[2] - 1))
@@ -465,7 +485,7 @@ def test_cuda_graph_capture(op, backend):
 
 @needs_cuda
 @pytest.mark.parametrize("op", OPS)
-def test_invalid_trees_are_ignored_on_gpu(op):
+def test_invalid_trees_ignored_cuda(op):
     """Without PIPO_VALIDATE the GPU kernels never follow bad indices (no crash, no hang)."""
     t = SAMPLES[1].tensors("cuda")
     t["parents"] = torch.full_like(t["parents"], 10**6)
@@ -570,7 +590,7 @@ def test_bad_inputs_raise(case, op, backend):
 
 @needs_cuda
 @pytest.mark.parametrize("op", OPS)
-def test_bad_values_raise_with_validate(op, monkeypatch):
+def test_bad_values_raise_with_validate_cuda(op, monkeypatch):
     monkeypatch.setenv("PIPO_VALIDATE", "1")
     t = SAMPLES[1].tensors("cuda")
     t["parents"] = t["parents"].index_fill(0, torch.tensor([3], device="cuda"), 99)
