@@ -48,11 +48,16 @@ inline float residual_at(const float* t, const float* q, float scale, int64_t v)
 }
 
 // Mass of the residual: summed in double and rounded once, so it matches the other backends'
-// (differently ordered) sums except in vanishingly rare rounding ties.
+// (differently ordered) sums except in vanishingly rare rounding ties. Four independent partial
+// sums let the adds overlap (and vectorise).
 float residual_mass(const float* t, const float* q, float scale, int64_t vocab) {
-  double sum = 0.0;
-  for (int64_t v = 0; v < vocab; ++v) sum += residual_at(t, q, scale, v);
-  return static_cast<float>(sum);
+  double sum[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t v = 0;
+  for (; v + 4 <= vocab; v += 4) {
+    for (int k = 0; k < 4; ++k) sum[k] += residual_at(t, q, scale, v + k);
+  }
+  for (; v < vocab; ++v) sum[0] += residual_at(t, q, scale, v);
+  return static_cast<float>((sum[0] + sum[1]) + (sum[2] + sum[3]));
 }
 
 // Inverse-CDF sample: the first v whose running sum exceeds `target`; when rounding leaves the
