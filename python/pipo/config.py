@@ -32,6 +32,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
+    qk_norm: bool = True  # Qwen3's per-head q/k RMSNorm; False for Llama-family checkpoints
     fold: int = 2
     compressor: str = "linear"  # "linear" | "mlp"
     pad_id: int = 256
@@ -116,9 +117,9 @@ def preset(name: str, **overrides) -> ModelConfig:
 def from_hf_config(hf: dict) -> ModelConfig:
     """ModelConfig of a Hugging Face Qwen3 / Llama-family ``config.json`` (as a dict).
 
-    Llama-family models have no q/k norms; their checkpoints simply lack those weights and the
-    loader keeps the norms at 1, which makes them the identity only approximately (RMSNorm still
-    rescales). Such models are loaded for speed work; Qwen3 is the exact target.
+    Qwen3 (``model_type`` "qwen3…") has per-head q/k norms; Llama-family models do not
+    (``qk_norm=False``). RoPE scaling variants (e.g. Llama 3's) are not modelled: such models load
+    for speed work, Qwen3 is the exact target.
     """
     missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers") if k not in hf]
     if missing:
@@ -146,6 +147,7 @@ def from_hf_config(hf: dict) -> ModelConfig:
         rope_theta=float(hf.get("rope_theta", 10000.0)),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qk_norm=str(hf.get("model_type", "qwen3")).startswith("qwen3"),
         pad_id=token_id("pad_token_id", eos),
         bos_id=bos,
         eos_id=eos,
