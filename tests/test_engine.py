@@ -76,6 +76,20 @@ def test_batch_equals_each_request_alone(models, mode):
         assert together.token_ids == alone.token_ids, prompt
 
 
+@pytest.mark.parametrize("mode,threshold", [("ar", 0.5), ("pipo", 0.5), ("pipo", 1.0)])
+def test_static_decode_step_equals_eager(models, mode, threshold):
+    """The CUDA-graph step's static buffers and bucket padding (run eagerly on a CPU)."""
+    requests = [
+        Request(p, SamplingParams(max_new_tokens=n, ignore_eos=True, temperature=0.7, seed=3))
+        for p, n in zip(PROMPTS[:3], (20, 12, 5), strict=True)
+    ]
+    eager = make_engine(models, mode, threshold=threshold).generate(requests)
+    engine = make_engine(models, mode, threshold=threshold, cuda_graphs=True)
+    static = engine.generate(requests)
+    assert sorted(engine.graphs.buckets) == [1, 2, 4]  # 3 requests (one spare row), then 2, 1
+    assert [r.token_ids for r in static] == [r.token_ids for r in eager]
+
+
 def test_gate_thresholds(models):
     params = SamplingParams(max_new_tokens=20, ignore_eos=True)
     _, always = run(models, "pipo", params=params, threshold=-1.0)

@@ -417,7 +417,7 @@ class Engine:
         seqs = [s for s in seqs if self._reserve(s, self.cache, s.pos + 1)]
         if not seqs:
             return
-        if self.graphs is not None and self.graphs.ready(len(seqs)):
+        if self.graphs is not None and self.graphs.ready(seqs):
             tokens = self.graphs.run(seqs)
         else:
             meta = self._meta(self.cache, seqs, [s.pos for s in seqs], [1] * len(seqs))
@@ -472,7 +472,7 @@ class Engine:
         seqs = [s for s in seqs if self._reserve(s, self.cache, s.pos + 1)]
         if not seqs:
             return
-        if self.graphs is not None and self.graphs.ready(len(seqs)):
+        if self.graphs is not None and self.graphs.ready(seqs):
             pairs = self.graphs.run(seqs)
             for s in seqs:
                 s.pos += 1
