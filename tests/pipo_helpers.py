@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-
 from pipo.config import preset
 from pipo.model import ARModel, PIPOModel
 
 # The tiny preset made smaller still, so that whole generations run in well under a second.
-SMALL = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64,
-             intermediate_size=256)  # fmt: skip
+SMALL = dict(
+    hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64, intermediate_size=256
+)
 
 
 def small_config(**overrides):

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipo_helpers import small_models
-
 from pipo import checkpoint, cli
 from pipo.engine import Engine, Request, SamplingParams
+from pipo_helpers import small_models
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Hello, world", "x", "The quick brown fox jumps", "PIPO!"]
@@ -137,15 +136,20 @@ def test_pad_never_returned_and_stops(models, monkeypatch):
 
 
 def test_sampling_is_reproducible(models):
-    params = SamplingParams(temperature=0.9, top_k=50, top_p=0.9, seed=7, max_new_tokens=16,
-                            ignore_eos=True)  # fmt: skip
+    params = SamplingParams(
+        temperature=0.9, top_k=50, top_p=0.9, seed=7, max_new_tokens=16, ignore_eos=True
+    )
     for mode in ("ar", "pipo", "spec"):
         a, _ = run(models, mode, PROMPTS[:2], params)
         b, _ = run(models, mode, PROMPTS[:2], params)
         assert [r.token_ids for r in a] == [r.token_ids for r in b]
         assert all(r.finish_reason == "length" and len(r.token_ids) <= 16 for r in a)
-    other, _ = run(models, "ar", PROMPTS[:2], SamplingParams(temperature=0.9, seed=8,
-                                                             max_new_tokens=16, ignore_eos=True))  # fmt: skip
+    other, _ = run(
+        models,
+        "ar",
+        PROMPTS[:2],
+        SamplingParams(temperature=0.9, seed=8, max_new_tokens=16, ignore_eos=True),
+    )
     assert [r.token_ids for r in other] != [r.token_ids for r in a]
 
 
@@ -193,8 +197,20 @@ def test_engine_argument_errors(models):
 
 @pytest.mark.parametrize("mode", ["ar", "pipo", "spec"])
 def test_cli_modes(mode, capsys):
-    rc = cli.main(["generate", "--prompt", "Hi", "--mode", mode, "--max-new-tokens", "6",
-                   "--ignore-eos", "--threshold", "-1"])  # fmt: skip
+    rc = cli.main(
+        [
+            "generate",
+            "--prompt",
+            "Hi",
+            "--mode",
+            mode,
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--threshold",
+            "-1",
+        ]
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert out[-1].startswith(f"mode={mode} ") and "tokens/s=" in out[-1]
@@ -207,9 +223,18 @@ def test_cli_with_checkpoint_and_reference_path(tmp_path, models, capsys):
     checkpoint.save(pipo, tmp_path / "pipo")
     args = ["generate", "--prompt", "Hello", "--max-new-tokens", "12", "--ignore-eos"]
     outs = []
-    for extra in (["--mode", "ar", "--model", str(tmp_path / "ar")],
-                  ["--mode", "spec", "--model", str(tmp_path / "pipo"), "--verifier",
-                   str(tmp_path / "ar"), "--no-kernels"]):  # fmt: skip
+    for extra in (
+        ["--mode", "ar", "--model", str(tmp_path / "ar")],
+        [
+            "--mode",
+            "spec",
+            "--model",
+            str(tmp_path / "pipo"),
+            "--verifier",
+            str(tmp_path / "ar"),
+            "--no-kernels",
+        ],
+    ):
         assert cli.main(args + extra) == 0
         outs.append(capsys.readouterr().out.splitlines()[0])
     assert outs[0] == outs[1]  # spec is lossless against the same AR model
@@ -220,10 +245,26 @@ def test_cli_with_checkpoint_and_reference_path(tmp_path, models, capsys):
 def test_python_dash_m_pipo():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "python")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipo", "generate", "--prompt", "Hi", "--mode", "pipo",
-         "--max-new-tokens", "4", "--threads", "1"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pipo",
+            "generate",
+            "--prompt",
+            "Hi",
+            "--mode",
+            "pipo",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "RANDOM weights" in proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("mode=pipo")
@@ -263,7 +304,9 @@ def test_spec_sampling_keeps_the_target_distribution(models):
     requests = [Request(prompt, replace(params, seed=s)) for s in range(400)]
     engine = make_engine(models, "spec", max_batch_size=400, num_pages=2000, page_size=4)
     pad = ar.config.pad_id  # a sampled PAD is generated but never returned
-    firsts = torch.tensor([r.token_ids[0] if r.token_ids else pad for r in engine.generate(requests)])
+    firsts = torch.tensor(
+        [r.token_ids[0] if r.token_ids else pad for r in engine.generate(requests)]
+    )
     share = in_a[firsts].float().mean()
     assert engine.stats.accepted_draft_tokens > 50  # the acceptance path is exercised
     assert abs(share - p[in_a].sum()) < 0.08, (share, p[in_a].sum(), q[in_a].sum())

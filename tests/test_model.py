@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
-from pipo_helpers import small_config, small_models
-
 from pipo import _standin_ops, checkpoint
 from pipo.config import PRESETS, ModelConfig, from_hf_config, preset
 from pipo.kv_cache import CacheFullError, PagedKVCache
 from pipo.model import ARModel, AttnMeta, PIPOModel, SamplingTensors, reference_attention
 from pipo.sampling import filtered_probs, pack_bitmask, unpack_bitmask
+from pipo_helpers import small_config, small_models
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +37,9 @@ def packed_meta(cache: PagedKVCache, lens: list[int], starts: list[int] | None =
         positions=torch.tensor(positions),
         slot_mapping=torch.tensor(slots),
         block_table=cache.block_table(list(range(len(lens)))),
-        kv_lens=torch.tensor([st + n for st, n in zip(starts, lens, strict=True)], dtype=torch.int32),
+        kv_lens=torch.tensor(
+            [st + n for st, n in zip(starts, lens, strict=True)], dtype=torch.int32
+        ),
         q_indptr=torch.tensor(indptr, dtype=torch.int32),
     )
 
@@ -127,7 +128,9 @@ def test_from_backbone_keeps_weights_and_inits_heads():
     ar, _ = small_models()
     pipo = PIPOModel.from_backbone(ar)
     torch.testing.assert_close(pipo.layers[1].mlp.up_proj.weight, ar.layers[1].mlp.up_proj.weight)
-    torch.testing.assert_close(pipo.mtp.layer.self_attn.q_proj.weight, ar.layers[-1].self_attn.q_proj.weight)
+    torch.testing.assert_close(
+        pipo.mtp.layer.self_attn.q_proj.weight, ar.layers[-1].self_attn.q_proj.weight
+    )
     assert torch.count_nonzero(pipo.confidence.fc2.weight) == 0
 
 
@@ -167,9 +170,15 @@ def test_bitmask_round_trip():
 
 def test_filtered_probs():
     logits = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 5.0, 1.0]])
-    probs = filtered_probs(logits, torch.tensor([1.0, 1.0, 0.0]), torch.tensor([2, 0, 0]),
-                           torch.tensor([1.0, 0.5, 1.0]))  # fmt: skip
-    assert probs[0, 1] == 0 and probs[0, 3] == 0 and torch.isclose(probs[0].sum(), torch.tensor(1.0))
+    probs = filtered_probs(
+        logits,
+        torch.tensor([1.0, 1.0, 0.0]),
+        torch.tensor([2, 0, 0]),
+        torch.tensor([1.0, 0.5, 1.0]),
+    )
+    assert (
+        probs[0, 1] == 0 and probs[0, 3] == 0 and torch.isclose(probs[0].sum(), torch.tensor(1.0))
+    )
     assert probs[1].tolist() == [0.5, 0.5, 0.0, 0.0]  # top-p 0.5 of a uniform: two lowest ids
     assert probs[2].tolist() == [0.0, 0.0, 1.0, 0.0]  # temperature 0: one-hot argmax
 
@@ -181,8 +190,18 @@ def test_standin_paged_attention_matches_reference_attention():
     g = torch.Generator().manual_seed(0)
     k_cache, v_cache = torch.randn(2, 6, 4, 2, 64, generator=g).unbind(0)
     q = torch.randn(7, 4, 64, generator=g)
-    tree = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 1, 1], [1, 0, 0, 0],
-                         [1, 1, 0, 0], [1, 0, 1, 0]], dtype=torch.bool)  # fmt: skip
+    tree = torch.tensor(
+        [
+            [1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [1, 0, 1, 0],
+            [1, 0, 1, 1],
+            [1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [1, 0, 1, 0],
+        ],
+        dtype=torch.bool,
+    )
     for mask in (None, tree):
         meta = AttnMeta(
             positions=torch.zeros(7, dtype=torch.int64),
@@ -194,9 +213,15 @@ def test_standin_paged_attention_matches_reference_attention():
         )
         want = reference_attention(q, k_cache, v_cache, meta)
         got, lse = _standin_ops.paged_attention(
-            q=q, k_cache=k_cache, v_cache=v_cache, block_table=meta.block_table,
-            kv_lens=meta.kv_lens, q_indptr=meta.q_indptr, tree_mask=mask, return_lse=True,
-        )  # fmt: skip
+            q=q,
+            k_cache=k_cache,
+            v_cache=v_cache,
+            block_table=meta.block_table,
+            kv_lens=meta.kv_lens,
+            q_indptr=meta.q_indptr,
+            tree_mask=mask,
+            return_lse=True,
+        )
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         assert lse.shape == (7, 4) and torch.isfinite(lse).all()
 
@@ -221,10 +246,15 @@ def test_standin_verify_tree_stochastic_accepts_when_draft_equals_target():
     draft = torch.tensor([0, 2, 4])
     parents = torch.tensor([-1, 0, 1], dtype=torch.int32)
     acc_len, acc_idx, _ = _standin_ops.verify_tree_stochastic(
-        draft_tokens=draft, parents=parents, q_indptr=torch.tensor([0, 3], dtype=torch.int32),
-        draft_probs=probs, target_probs=probs, seeds=torch.tensor([1]), offsets=torch.tensor([0]),
+        draft_tokens=draft,
+        parents=parents,
+        q_indptr=torch.tensor([0, 3], dtype=torch.int32),
+        draft_probs=probs,
+        target_probs=probs,
+        seeds=torch.tensor([1]),
+        offsets=torch.tensor([0]),
         max_depth=2,
-    )  # fmt: skip
+    )
     assert acc_len.tolist() == [2] and acc_idx.tolist() == [[0, 1, 2]]
 
 
@@ -238,7 +268,9 @@ def test_checkpoint_round_trip(tmp_path, kind):
     checkpoint.save(model, tmp_path / kind)
     loaded = checkpoint.load(tmp_path / kind)
     assert type(loaded) is type(model) and loaded.config == model.config
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -264,7 +296,7 @@ def test_checkpoint_errors(tmp_path):
         checkpoint.load(other)
     meta["config"]["num_layers"], meta["config"]["intermediate_size"] = 2, 300
     (other / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="shape mismatch: layers.0.mlp.down_proj.weight"):
+    with pytest.raises(ValueError, match=r"shape mismatch: layers\.0\.mlp\.down_proj\.weight"):
         checkpoint.load(other)
     (other / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -278,14 +310,21 @@ def _write_hf_folder(folder, ar: ARModel, shards: int) -> None:
     c = ar.config
     folder.mkdir()
     hf = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
-        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim,
-        "intermediate_size": c.intermediate_size, "rope_theta": c.rope_theta,
-        "rms_norm_eps": c.rms_norm_eps, "tie_word_embeddings": True,
-        "bos_token_id": c.bos_id, "eos_token_id": c.eos_id,
-    }  # fmt: skip
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "intermediate_size": c.intermediate_size,
+        "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps,
+        "tie_word_embeddings": True,
+        "bos_token_id": c.bos_id,
+        "eos_token_id": c.eos_id,
+    }
     (folder / "config.json").write_text(json.dumps(hf))
     tensors = {f"model.{k}": v.contiguous() for k, v in ar.state_dict().items()}
     if shards == 1:
@@ -311,5 +350,9 @@ def test_load_hugging_face_folder(tmp_path, shards):
     assert loaded.config == ar.config.replace(pad_id=ar.config.eos_id)
     for (name, a), (_, b) in zip(ar.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert from_hf_config({"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-                           "model_type": "llama"}).qk_norm is False  # fmt: skip
+    assert (
+        from_hf_config(
+            {"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "model_type": "llama"}
+        ).qk_norm
+        is False
+    )

@@ -23,9 +23,7 @@ def fold_pairs(pair_ids, embedding, weight, bias=None, activation="none"):
     return (F.silu(out) if activation == "silu" else out).to(embedding.dtype)
 
 
-def unfold_input(
-    token_ids, hidden, embedding, embed_norm_weight, hidden_norm_weight, weight, eps
-):
+def unfold_input(token_ids, hidden, embedding, embed_norm_weight, hidden_norm_weight, weight, eps):
     e = _rms(embedding[token_ids.long()], embed_norm_weight, eps)
     h = _rms(hidden, hidden_norm_weight, eps)
     return F.linear(torch.cat([e, h], -1), weight.float()).to(hidden.dtype)
@@ -66,7 +64,9 @@ def pair_out(
     hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight, fc2_weight, threshold, pad_id, eps
 ):
     x = _rms(torch.cat([hidden, mtp_hidden], -1), norm_weight, eps)
-    confidence = torch.sigmoid(F.linear(F.silu(F.linear(x, fc1_weight.float())), fc2_weight.float()))
+    confidence = torch.sigmoid(
+        F.linear(F.silu(F.linear(x, fc1_weight.float())), fc2_weight.float())
+    )
     confidence = confidence.squeeze(1)
     if threshold < 0:
         keep = torch.ones_like(confidence, dtype=torch.bool)
@@ -142,7 +142,7 @@ def verify_tree(draft_tokens, parents, q_indptr, target_tokens, max_depth):
     accept_len, accept_index, bonus = _outputs(batch, max_depth, draft_tokens.device)
     for b in range(batch):
         start, end = int(q_indptr[b]), int(q_indptr[b + 1])
-        children, depth = _tree(parents, start, end)
+        _, depth = _tree(parents, start, end)
         accepted = [False] * (end - start)
         accepted[0] = True
         best = 0

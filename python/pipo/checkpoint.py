@@ -34,7 +34,9 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError as exc:  # pragma: no cover - safetensors is a dependency
-        raise ImportError("checkpoints need the 'safetensors' package: pip install safetensors") from exc
+        raise ImportError(
+            "checkpoints need the 'safetensors' package: pip install safetensors"
+        ) from exc
     return safetensors.torch
 
 
@@ -102,7 +104,9 @@ def load(
     meta = _read_json(path / "config.json")
     if "pipo_checkpoint" in meta:
         if meta.get("kind") not in ("ar", "pipo") or not isinstance(meta.get("config"), dict):
-            raise ValueError(f"{path / 'config.json'}: expected 'kind' ar|pipo and a 'config' table")
+            raise ValueError(
+                f"{path / 'config.json'}: expected 'kind' ar|pipo and a 'config' table"
+            )
         config = ModelConfig.from_dict(meta["config"])
         model = (PIPOModel if meta["kind"] == "pipo" else ARModel)(config)
         _fill(model, _read_tensors(path / "model.safetensors"), path / "model.safetensors")

@@ -37,8 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-ids", help="prompt as comma-separated token ids")
     g.add_argument("--mode", choices=MODES, default="pipo")
-    g.add_argument("--threshold", type=float, default=0.5,
-                   help="PIPO confidence gate: <0 always keeps token2, >=1 never")  # fmt: skip
+    g.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="PIPO confidence gate: <0 always keeps token2, >=1 never",
+    )
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-k", type=int, default=0)
@@ -49,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore-eos", action="store_true")
     g.add_argument("--model", help="checkpoint folder (pipo or Hugging Face Qwen3-style)")
     g.add_argument("--verifier", help="spec mode: the AR checkpoint that verifies the drafts")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="shapes of the random-weight model used without --model")  # fmt: skip
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="shapes of the random-weight model used without --model",
+    )
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     g.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
@@ -72,7 +80,9 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
             raise SystemExit("pipo: --mode ar needs an AR checkpoint, --model is a PIPO one")
         return loaded or load_builtin("ar", cfg, seed=1), None
     if isinstance(loaded, ARModel):
-        _log.warning("--model is an AR checkpoint: its PIPO heads start untrained (documented init)")
+        _log.warning(
+            "--model is an AR checkpoint: its PIPO heads start untrained (documented init)"
+        )
         drafter = PIPOModel.from_backbone(loaded)
     else:
         drafter = loaded or load_builtin("pipo", cfg, seed=2)

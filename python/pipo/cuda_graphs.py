@@ -24,8 +24,14 @@ from .model import AttnMeta, SamplingTensors
 
 __all__ = ["DecodeGraphs"]
 
-_STEP_OPS = ("kv_cache_append", "paged_attention", "sample_tokens", "fold_pairs", "unfold_input",
-             "pair_out")  # fmt: skip
+_STEP_OPS = (
+    "kv_cache_append",
+    "paged_attention",
+    "sample_tokens",
+    "fold_pairs",
+    "unfold_input",
+    "pair_out",
+)
 
 
 class _Bucket:
@@ -63,7 +69,9 @@ class DecodeGraphs:
 
     def __init__(self, engine) -> None:
         if engine.mode not in ("ar", "pipo"):
-            raise ValueError(f"cuda_graphs: only modes 'ar' and 'pipo' are captured, not {engine.mode!r}")
+            raise ValueError(
+                f"cuda_graphs: only modes 'ar' and 'pipo' are captured, not {engine.mode!r}"
+            )
         self.engine = engine
         self.buckets: dict[int, _Bucket] = {}
         self.pool = None

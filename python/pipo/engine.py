@@ -197,11 +197,17 @@ class Engine:
                     f"drafter's {model.config.vocab_size}"
                 )
         if draft_topk < 1 or draft_steps < 1:
-            raise ValueError(f"draft_topk, draft_steps: expected >= 1, got {draft_topk}, {draft_steps}")
+            raise ValueError(
+                f"draft_topk, draft_steps: expected >= 1, got {draft_topk}, {draft_steps}"
+            )
         self.mode, self.model, self.verifier = mode, model, verifier
         self.tokenizer = tokenizer or ByteTokenizer()
         self.use_kernels, self.threshold = use_kernels, float(threshold)
-        self.max_batch_size, self.draft_topk, self.draft_steps = max_batch_size, draft_topk, draft_steps
+        self.max_batch_size, self.draft_topk, self.draft_steps = (
+            max_batch_size,
+            draft_topk,
+            draft_steps,
+        )
         self.config = model.config
         self.device = model.embed_tokens.weight.device
         self.cache: PagedKVCache = model.new_cache(num_pages, page_size)
@@ -394,9 +400,9 @@ class Engine:
     # ------------------------------------------------------------------ dispatch
 
     def _prefill(self, seqs: list[_Seq]) -> None:
-        {"ar": self._ar_prefill, "pipo": self._pipo_prefill, "spec": self._spec_prefill}[
-            self.mode
-        ](seqs)
+        {"ar": self._ar_prefill, "pipo": self._pipo_prefill, "spec": self._spec_prefill}[self.mode](
+            seqs
+        )
 
     def _step(self, seqs: list[_Seq]) -> None:
         {"ar": self._ar_step, "pipo": self._pipo_step, "spec": self._spec_step}[self.mode](seqs)
@@ -555,7 +561,9 @@ class Engine:
                 ids.append(top[i])
                 continue
             g = counter_generator(s.params.seed, (1 << 40) + int(st.offsets[i]))
-            ids.append(torch.multinomial(probs[i].cpu(), count, replacement=True, generator=g).tolist())
+            ids.append(
+                torch.multinomial(probs[i].cpu(), count, replacement=True, generator=g).tolist()
+            )
         return ids, probs
 
     def _spec_step(self, seqs: list[_Seq]) -> None:
@@ -585,7 +593,9 @@ class Engine:
             p = full + odd
             st = min(s.d_len, s.d_mtp)
             starts.append(st)
-            chunk_pairs.append([[c[2 * i], c[2 * i + 1] if 2 * i + 1 < n else pad] for i in range(st, p)])
+            chunk_pairs.append(
+                [[c[2 * i], c[2 * i + 1] if 2 * i + 1 < n else pad] for i in range(st, p)]
+            )
             mtp_starts.append(s.d_mtp)
             mtp_lens.append(p - 1 - s.d_mtp)
             p_lens.append(p)
@@ -600,8 +610,10 @@ class Engine:
         )
         if sum(mtp_lens):
             rows, tokens = [], []
-            for b, (s, c) in enumerate(zip(seqs, committed, strict=True)):
-                base = int(meta.q_indptr[b]) - starts[b]
+            chunk_start = 0
+            for b, c in enumerate(committed):
+                base = chunk_start - starts[b]  # row of pair position i is base + i
+                chunk_start += lens[b]
                 for i in range(mtp_starts[b], mtp_starts[b] + mtp_lens[b]):
                     rows.append(base + i)
                     tokens.append(c[2 * i + 2])
@@ -693,7 +705,9 @@ class Engine:
             seqs,
             [s.pos for s in seqs],
             [nodes] * bsz,
-            positions=[s.pos + d for b, s in enumerate(seqs) for d in depths[b * nodes : (b + 1) * nodes]],
+            positions=[
+                s.pos + d for b, s in enumerate(seqs) for d in depths[b * nodes : (b + 1) * nodes]
+            ],
             tree_mask=mask.to(self.device),
         )
         draft_t = self._tensor(draft, torch.int64)
@@ -709,11 +723,15 @@ class Engine:
             g_seqs = [seqs[b] for b in group]
             common = dict(
                 draft_tokens=draft_t[rows],
-                parents=self._tensor([parents[b * nodes + i] for b in group for i in range(nodes)], torch.int32),
+                parents=self._tensor(
+                    [parents[b * nodes + i] for b in group for i in range(nodes)], torch.int32
+                ),
                 q_indptr=self._tensor([nodes * i for i in range(len(group) + 1)], torch.int32),
                 max_depth=max(depths[:nodes]),
             )
-            st = self._sampling([node_seqs[int(r)] for r in rows], [seen_rows[int(r)] for r in rows])
+            st = self._sampling(
+                [node_seqs[int(r)] for r in rows], [seen_rows[int(r)] for r in rows]
+            )
             if want_greedy:
                 target, _ = self.verifier.sample(hidden[rows], st, self.use_kernels)
                 acc_len, acc_idx, bonus = ops.verify_tree(target_tokens=target, **common)

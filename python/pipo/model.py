@@ -266,8 +266,9 @@ class _Decoder(nn.Module):
         tokens = logits.argmax(1)
         sampled = st.temperature > 0
         if bool(sampled.any()):
-            probs = filtered_probs(logits[sampled], st.temperature[sampled], st.top_k[sampled],
-                                   st.top_p[sampled])  # fmt: skip
+            probs = filtered_probs(
+                logits[sampled], st.temperature[sampled], st.top_k[sampled], st.top_p[sampled]
+            )
             tokens[sampled] = sample_from_probs(probs, st.seeds[sampled], st.offsets[sampled])
         return tokens, torch.topk(logits, num_candidates, dim=1).indices
 
@@ -421,15 +422,18 @@ class PIPOModel(_Decoder):
         self.mtp.norm.load_state_dict(self.norm.state_dict())
         g = torch.Generator().manual_seed(0)
         self.confidence.norm.weight.fill_(1.0)
-        self.confidence.fc1.weight.copy_(torch.randn(self.confidence.fc1.weight.shape, generator=g) * 0.02)
+        self.confidence.fc1.weight.copy_(
+            torch.randn(self.confidence.fc1.weight.shape, generator=g) * 0.02
+        )
         self.confidence.fc2.weight.zero_()
 
     @classmethod
     def from_backbone(cls, ar: ARModel) -> PIPOModel:
         """A PIPO model on ``ar``'s weights, with the heads at their documented initialisation."""
-        model = cls(ar.config).to(dtype=ar.embed_tokens.weight.dtype, device=ar.embed_tokens.weight.device)
-        missing, unexpected = model.load_state_dict(ar.state_dict(), strict=False)
-        assert not unexpected, unexpected
+        model = cls(ar.config).to(
+            dtype=ar.embed_tokens.weight.dtype, device=ar.embed_tokens.weight.device
+        )
+        model.load_state_dict(ar.state_dict(), strict=False)  # the PIPO parts stay missing
         model.init_heads()
         return model
 
