@@ -7,12 +7,14 @@ import json
 
 import pytest
 import torch
-from pipo import _standin_ops, checkpoint
+from pipo import _standin_ops, checkpoint, ops
 from pipo.config import PRESETS, ModelConfig, from_hf_config, preset
 from pipo.kv_cache import CacheFullError, PagedKVCache
 from pipo.model import ARModel, AttnMeta, PIPOModel, SamplingTensors, reference_attention
 from pipo.sampling import filtered_probs, pack_bitmask, unpack_bitmask
 from pipo_helpers import small_config, small_models
+
+import pipo_kernels
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +56,23 @@ def greedy_tensors(b: int) -> SamplingTensors:
         seeds=torch.zeros(b, dtype=torch.int64),
         offsets=torch.zeros(b, dtype=torch.int64),
     )
+
+
+# ---------------------------------------------------------------- ops adapter
+
+
+def test_ops_adapter_prefers_pipo_kernels(monkeypatch, caplog):
+    for name in ops.OPS:
+        want = getattr(pipo_kernels, name, None) or getattr(_standin_ops, name)
+        assert ops.resolve(name) is want, name
+    monkeypatch.setattr(ops, "_resolved", {})
+    caplog.clear()
+    monkeypatch.delattr(pipo_kernels, "pair_out", raising=False)
+    with caplog.at_level("WARNING", logger="pipo"):
+        ops.resolve("pair_out")
+        ops.resolve("pair_out")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["pipo_kernels has no pair_out yet; using the PyTorch stand-in"]
 
 
 # ---------------------------------------------------------------- config

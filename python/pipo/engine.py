@@ -85,7 +85,8 @@ class Result:
 @dataclass
 class Stats:
     """Counters of one ``generate`` call. Passes are counted per request: a batched pass over B
-    requests counts B times, so tokens_per_pass is per request."""
+    requests counts B times, so tokens_per_pass is per request. In mode "spec" they are the
+    verifier's passes (the drafter's smaller passes are not counted)."""
 
     mode: str
     requests: int = 0
