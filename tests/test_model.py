@@ -78,6 +78,17 @@ def test_ops_adapter_prefers_pipo_kernels(monkeypatch, caplog):
 # ---------------------------------------------------------------- config
 
 
+@pytest.mark.parametrize(
+    "name,billions",
+    [("tiny", (0.002, 0.006)), ("qwen3-4b", (3.9, 4.1)), ("qwen3.5-4b-dense", (3.5, 5.0))],
+)
+def test_preset_sizes(name, billions):
+    with torch.device("meta"):
+        model = ARModel(preset(name))
+    n = sum(p.numel() for p in model.parameters()) / 1e9
+    assert billions[0] < n < billions[1], n
+
+
 def test_presets_and_config_errors():
     assert PRESETS["tiny"].vocab_size == 259 and PRESETS["tiny"].head_dim == 64
     assert preset("qwen3-4b").num_layers == 36

@@ -146,18 +146,28 @@ def _load_hf(path: Path, hf_config: dict) -> ARModel:
     return model
 
 
-def load_builtin(kind: str, preset_config: ModelConfig, seed: int) -> ARModel | PIPOModel:
+def load_builtin(
+    kind: str,
+    preset_config: ModelConfig,
+    seed: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> ARModel | PIPOModel:
     """The built-in checkpoint ``checkpoints/<kind>`` (kind "ar" | "pipo") of the package, or,
     until one is shipped, random weights of ``preset_config`` with a warning."""
     folder = BUILTIN_DIR / kind
     if (folder / "config.json").is_file():
-        return load(folder)
+        return load(folder, device=device, dtype=dtype)
     _log.warning(
         "no built-in %s checkpoint under %s yet: using RANDOM weights of the given preset "
         "(the output is meaningless; pass --model PATH for real weights)",
         kind,
         folder,
     )
-    model = (PIPOModel if kind == "pipo" else ARModel)(preset_config)
+    # Built on the meta device and then materialised, so a 4B preset never exists in float32 on
+    # the host; init_random fills every parameter.
+    with torch.device("meta"):
+        model = (PIPOModel if kind == "pipo" else ARModel)(preset_config)
+    model = model.to(dtype=dtype or torch.float32).to_empty(device=device)
     model.init_random(seed)
     return model

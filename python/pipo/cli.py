@@ -74,26 +74,31 @@ def _parser() -> argparse.ArgumentParser:
 def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
     """(model, verifier) for the mode: the ARModel for ar; the PIPOModel (+ ARModel for spec)."""
     cfg = preset(args.preset)
-    loaded = load(args.model) if args.model else None
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    loaded = load(args.model, device=args.device, dtype=dtype) if args.model else None
     if args.mode == "ar":
         if isinstance(loaded, PIPOModel):
             raise SystemExit("pipo: --mode ar needs an AR checkpoint, --model is a PIPO one")
-        return loaded or load_builtin("ar", cfg, seed=1), None
+        return loaded or load_builtin("ar", cfg, 1, args.device, dtype), None
     if isinstance(loaded, ARModel):
         _log.warning(
             "--model is an AR checkpoint: its PIPO heads start untrained (documented init)"
         )
         drafter = PIPOModel.from_backbone(loaded)
     else:
-        drafter = loaded or load_builtin("pipo", cfg, seed=2)
+        drafter = loaded or load_builtin("pipo", cfg, 2, args.device, dtype)
     if args.mode == "pipo":
         return drafter, None
     if args.verifier:
-        verifier = load(args.verifier)
+        verifier = load(args.verifier, device=args.device, dtype=dtype)
         if not isinstance(verifier, ARModel):
             raise SystemExit("pipo: --verifier must be an AR (or Hugging Face) checkpoint")
     else:
-        verifier = loaded if isinstance(loaded, ARModel) else load_builtin("ar", cfg, seed=1)
+        verifier = (
+            loaded
+            if isinstance(loaded, ARModel)
+            else load_builtin("ar", cfg, 1, args.device, dtype)
+        )
     return drafter, verifier
 
 
@@ -113,10 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, verifier = _models(args)
-    dtype = DTYPES[args.dtype] if args.dtype else None
-    for m in (model, verifier):
-        if m is not None:
-            m.to(device=args.device, dtype=dtype).eval() if dtype else m.to(args.device).eval()
     tokenizer = ByteTokenizer() if model.config.vocab_size == 259 else _IdTokenizer()
     prompt = (
         [int(x) for x in args.prompt_ids.split(",")] if args.prompt_ids is not None else args.prompt

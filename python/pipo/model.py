@@ -430,9 +430,10 @@ class PIPOModel(_Decoder):
     @classmethod
     def from_backbone(cls, ar: ARModel) -> PIPOModel:
         """A PIPO model on ``ar``'s weights, with the heads at their documented initialisation."""
-        model = cls(ar.config).to(
-            dtype=ar.embed_tokens.weight.dtype, device=ar.embed_tokens.weight.device
-        )
+        w = ar.embed_tokens.weight
+        with torch.device("meta"):  # every parameter is written below: no host-side init
+            model = cls(ar.config)
+        model = model.to(dtype=w.dtype).to_empty(device=w.device)
         model.load_state_dict(ar.state_dict(), strict=False)  # the PIPO parts stay missing
         model.init_heads()
         return model
