@@ -369,11 +369,9 @@ class Engine:
         p = [s.params for s in seqs]
         bitmask = None
         if any(x.presence_penalty for x in p):
-            seen = seen if seen is not None else [s.seen for s in seqs]
-            mask = torch.zeros(len(seqs), self.config.vocab_size, dtype=torch.bool)
-            for i, ids in enumerate(seen):
-                mask[i, list(ids)] = True
-            bitmask = pack_bitmask(mask).to(self.device)
+            bitmask = pack_bitmask(
+                self._dense(seen if seen is not None else [s.seen for s in seqs])
+            )
         return SamplingTensors(
             temperature=self._tensor([x.temperature for x in p], torch.float32),
             top_k=self._tensor([x.top_k for x in p], torch.int32),
@@ -547,12 +545,7 @@ class Engine:
             probs = torch.zeros(len(seqs), self.config.vocab_size, device=self.device)
             probs[torch.arange(len(seqs)), cand[:, 0]] = 1.0
             return ids, probs
-        seen = None
-        if st.seen is not None:
-            seen = torch.zeros(len(seqs), self.config.vocab_size, dtype=torch.bool)
-            for i, s in enumerate(seqs):
-                seen[i, list(s.seen)] = True
-            seen = seen.to(self.device)
+        seen = None if st.seen is None else self._dense([s.seen for s in seqs])
         logits = penalized_logits(model.logits(hidden), st.presence_penalty, seen)
         probs = filtered_probs(logits, st.temperature, st.top_k, st.top_p)
         top = torch.topk(logits, count, dim=1).indices.tolist()
@@ -720,7 +713,8 @@ class Engine:
             group = [b for b in range(bsz) if greedy[b] == want_greedy]
             if not group:
                 continue
-            rows = self._tensor([b * nodes + i for b in group for i in range(nodes)], torch.int64)
+            row_ids = [b * nodes + i for b in group for i in range(nodes)]
+            rows = self._tensor(row_ids, torch.int64)
             g_seqs = [seqs[b] for b in group]
             common = dict(
                 draft_tokens=draft_t[rows],
@@ -730,9 +724,7 @@ class Engine:
                 q_indptr=self._tensor([nodes * i for i in range(len(group) + 1)], torch.int32),
                 max_depth=max(depths[:nodes]),
             )
-            st = self._sampling(
-                [node_seqs[int(r)] for r in rows], [seen_rows[int(r)] for r in rows]
-            )
+            st = self._sampling([node_seqs[r] for r in row_ids], [seen_rows[r] for r in row_ids])
             if want_greedy:
                 target, _ = self.verifier.sample(hidden[rows], st, self.use_kernels)
                 acc_len, acc_idx, bonus = ops.verify_tree(target_tokens=target, **common)
@@ -740,19 +732,19 @@ class Engine:
                 logits = penalized_logits(
                     self.verifier.logits(hidden[rows]),
                     st.presence_penalty,
-                    None if st.seen is None else self._seen_dense(rows, seen_rows),
+                    None if st.seen is None else self._dense([seen_rows[r] for r in row_ids]),
                 )
                 target_probs = filtered_probs(logits, st.temperature, st.top_k, st.top_p)
                 acc_len, acc_idx, bonus = ops.verify_tree_stochastic(
-                    draft_probs=torch.stack([dprobs[int(r)] for r in rows]).float(),
+                    draft_probs=torch.stack([dprobs[r] for r in row_ids]).float(),
                     target_probs=target_probs,
                     seeds=self._tensor([s.params.seed for s in g_seqs], torch.int64),
                     offsets=self._tensor([s.offset() for s in g_seqs], torch.int64),
                     **common,
                 )
+            acc_len, acc_idx, bonus = acc_len.tolist(), acc_idx.tolist(), bonus.tolist()
             for gi, b in enumerate(group):
-                path = [int(x) for x in acc_idx[gi, : int(acc_len[gi]) + 1]]
-                results[b] = (path, int(bonus[gi]))
+                results[b] = (acc_idx[gi][: acc_len[gi] + 1], bonus[gi])
         src, dst = [], []
         for b, s in enumerate(seqs):
             path, bonus = results[b]
@@ -771,8 +763,9 @@ class Engine:
                 if not self._emit(s, t):
                     break
 
-    def _seen_dense(self, rows: torch.Tensor, seen_rows: list[set[int]]) -> torch.Tensor:
-        mask = torch.zeros(len(rows), self.config.vocab_size, dtype=torch.bool)
-        for i, r in enumerate(rows.tolist()):
-            mask[i, list(seen_rows[r])] = True
+    def _dense(self, seen: list[set[int]]) -> torch.Tensor:
+        """bool [len(seen), V]: row i marks the ids in seen[i]."""
+        mask = torch.zeros(len(seen), self.config.vocab_size, dtype=torch.bool)
+        for i, ids in enumerate(seen):
+            mask[i, list(ids)] = True
         return mask.to(self.device)
