@@ -6,9 +6,9 @@ first use. A batch of n requests runs in the smallest bucket >= n; the spare row
 slots, block table, sampling parameters) into the graph's static buffers, replays the graph and
 reads the emitted tokens back — the only device-to-host sync of the step.
 
-A batch falls back to the eager step when the graph cannot express it: an op still running on its
-PyTorch stand-in (not capturable), presence penalties (the seen bitmask is rebuilt each step), or
-a request that owns more pages than the static block table holds.
+The static block table is num_pages wide, so it holds any request. A batch falls back to the
+eager step when the graph cannot express it: an op still running on its PyTorch stand-in (not
+capturable) or presence penalties (the seen bitmask is rebuilt each step).
 
 On a CPU the same static-buffer step runs eagerly (no capture), which lets the tests check the
 bucket padding and buffer filling; the capture itself is written for GPUs and untested here (no
@@ -92,10 +92,7 @@ class DecodeGraphs:
         """Whether this batch can run in a graph."""
         if not self.enabled or len(seqs) > self.engine.max_batch_size:
             return False
-        if any(s.params.presence_penalty for s in seqs):
-            return False
-        width = self.engine.cache.num_pages
-        return all(len(self.engine.cache.pages(s.rid)) <= width for s in seqs)
+        return not any(s.params.presence_penalty for s in seqs)
 
     def _step(self, b: _Bucket) -> torch.Tensor:
         e, model = self.engine, self.engine.model

@@ -276,12 +276,20 @@ class _Decoder(nn.Module):
 class ARModel(_Decoder):
     """A Qwen3-style decoder: RMSNorm, RoPE, GQA attention with q/k norms, SwiGLU, LM head.
 
-    Example::
+    Example (one sequence of 3 tokens; the engine builds AttnMeta for real batches)::
 
         model = ARModel(preset("tiny")); model.init_random()
-        cache = model.new_cache(num_pages=16, page_size=16)
-        # meta: see AttnMeta; the engine builds it
-        hidden = model(input_ids, meta, cache)          # [N, H]
+        cache = model.new_cache(num_pages=4, page_size=16)
+        cache.reserve(0, 3)
+        meta = AttnMeta(
+            positions=torch.arange(3),
+            slot_mapping=torch.tensor(cache.slots(0, 0, 3)),
+            block_table=cache.block_table([0]),
+            kv_lens=torch.tensor([3], dtype=torch.int32),
+            q_indptr=torch.tensor([0, 3], dtype=torch.int32),
+        )
+        hidden = model(torch.tensor([257, 72, 105]), meta, cache)   # [3, 256]
+        logits = model.logits(hidden)                                # float32 [3, 259]
     """
 
     def forward(self, input_ids, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool = False):
