@@ -231,14 +231,19 @@ class Engine:
         self.stats = Stats(self.mode, requests=len(seqs))
         waiting, running = deque(seqs), []
         start = time.perf_counter()
-        while waiting or running:
-            admitted = self._admit(waiting, running)
-            if admitted:
-                self._prefill(admitted)
-            running = self._retire(running + admitted)
-            if running:
-                self._step(running)
-                running = self._retire(running)
+        try:
+            while waiting or running:
+                admitted = self._admit(waiting, running)
+                if admitted:
+                    self._prefill(admitted)
+                running = self._retire(running + admitted)
+                if running:
+                    self._step(running)
+                    running = self._retire(running)
+        finally:  # an exception must not leave pages owned by dead requests
+            for s in seqs:
+                for c in self._caches():
+                    c.release(s.rid)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.stats.seconds = time.perf_counter() - start
