@@ -87,6 +87,9 @@ def _warn_fallback(op: str, kind: str, chosen: str, reasons: str) -> None:
     )
 
 
+# torch.compile treats the choice as a constant of the traced graph (it only depends on the
+# installed kernels, the device and the environment), so wrappers trace with fullgraph=True.
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     """The backend that will run `op` for tensors on `device`."""
     if backend is not None:

@@ -53,7 +53,7 @@ def validate_enabled() -> bool:
 
 def should_check_values(t: torch.Tensor) -> bool:
     """Index values are checked on the CPU always, on a GPU only with PIPO_VALIDATE=1, and never
-    while torch.compile traces (there are no values then)."""
-    if torch.compiler.is_compiling() or isinstance(t, torch._subclasses.FakeTensor):
+    while tracing: fake and functional tensors (torch.compile, opcheck, export) carry no values."""
+    if torch.compiler.is_compiling() or type(t) is not torch.Tensor:
         return False
     return t.device.type == "cpu" or validate_enabled()
