@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from pipo.config import preset
 from pipo.model import ARModel, PIPOModel
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipo_helpers import small_models
+
 from pipo import checkpoint, cli
 from pipo.engine import Engine, Request, SamplingParams
-from pipo_helpers import small_models
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Hello, world", "x", "The quick brown fox jumps", "PIPO!"]

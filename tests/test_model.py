@@ -7,14 +7,14 @@ import json
 
 import pytest
 import torch
+from pipo_helpers import small_config, small_models
+
+import pipo_kernels
 from pipo import _standin_ops, checkpoint, ops
 from pipo.config import PRESETS, ModelConfig, from_hf_config, preset
 from pipo.kv_cache import CacheFullError, PagedKVCache
 from pipo.model import ARModel, AttnMeta, PIPOModel, SamplingTensors, reference_attention
 from pipo.sampling import filtered_probs, pack_bitmask, unpack_bitmask
-from pipo_helpers import small_config, small_models
-
-import pipo_kernels
 
 
 @pytest.fixture(autouse=True)
