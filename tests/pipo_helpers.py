@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipo.config import preset
 from pipo.model import ARModel, PIPOModel
+
+try:
+    import safetensors  # noqa: F401
+
+    HAS_SAFETENSORS = True
+except ImportError:  # e.g. a GPU machine installed with --no-deps
+    HAS_SAFETENSORS = False
+requires_safetensors = pytest.mark.skipif(not HAS_SAFETENSORS, reason="needs safetensors")
 
 # The tiny preset made smaller still, so that whole generations run in well under a second.
 SMALL = dict(

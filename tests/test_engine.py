@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipo_helpers import small_models
+from pipo_helpers import requires_safetensors, small_models
 
 from pipo import checkpoint, cli
 from pipo.engine import Engine, Request, SamplingParams
@@ -56,6 +57,19 @@ def test_kernel_path_equals_reference_path(models, mode):
     ker, _ = run(models, mode, PROMPTS[:2], params, use_kernels=True, **kw)
     assert [r.token_ids for r in ker] == [r.token_ids for r in ref]
     assert all(len(r.token_ids) == 70 for r in ker)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["ar", "pipo", "spec"])
+def test_cuda_kernel_path_matches_cpu_reference(models, mode):
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    want, _ = run(models, mode, PROMPTS[:2], params, use_kernels=False)
+    on_gpu = tuple(copy.deepcopy(m).cuda() for m in models)
+    got, _ = run(on_gpu, mode, PROMPTS[:2], params, use_kernels=True)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    if mode != "spec":  # the captured decode step (eager while an op is still a stand-in)
+        graphed, _ = run(on_gpu, mode, PROMPTS[:2], params, cuda_graphs=True)
+        assert [r.token_ids for r in graphed] == [r.token_ids for r in want]
 
 
 @pytest.mark.parametrize("steps,topk", [(1, 4), (2, 3), (3, 1)])
@@ -218,6 +232,7 @@ def test_cli_modes(mode, capsys):
     assert "new_tokens=6" in out[-1]
 
 
+@requires_safetensors
 def test_cli_with_checkpoint_and_reference_path(tmp_path, models, capsys):
     ar, pipo = models
     checkpoint.save(ar, tmp_path / "ar")

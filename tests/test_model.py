@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from pipo_helpers import small_config, small_models
+from pipo_helpers import requires_safetensors, small_config, small_models
 
 import pipo_kernels
 from pipo import _standin_ops, checkpoint, ops
@@ -291,6 +291,7 @@ def test_standin_verify_tree_stochastic_accepts_when_draft_equals_target():
 # ---------------------------------------------------------------- checkpoints
 
 
+@requires_safetensors
 @pytest.mark.parametrize("kind", ["ar", "pipo"])
 def test_checkpoint_round_trip(tmp_path, kind):
     ar, pipo = small_models()
@@ -304,6 +305,7 @@ def test_checkpoint_round_trip(tmp_path, kind):
         assert torch.equal(a, b), name
 
 
+@requires_safetensors
 def test_checkpoint_errors(tmp_path):
     ar, _ = small_models()
     folder = checkpoint.save(ar, tmp_path / "ok")
@@ -370,6 +372,7 @@ def _write_hf_folder(folder, ar: ARModel, shards: int) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
+@requires_safetensors
 @pytest.mark.parametrize("shards", [1, 3])
 def test_load_hugging_face_folder(tmp_path, shards):
     ar, _ = small_models()
