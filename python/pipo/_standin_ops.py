@@ -18,6 +18,8 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def fold_pairs(pair_ids, embedding, weight, bias=None, activation="none"):
+    if activation not in ("none", "silu"):
+        raise ValueError(f"activation: expected 'none' or 'silu', got {activation!r}")
     x = embedding[pair_ids.long()].flatten(1).float()  # [N, 2H], embedding of the first token first
     out = F.linear(x, weight.float(), None if bias is None else bias.float())
     return (F.silu(out) if activation == "silu" else out).to(embedding.dtype)
