@@ -505,7 +505,12 @@ class Engine:
             pad = torch.full_like(token1, self.config.pad_id)
             pairs = torch.stack([token1, pad], 1)
         else:
-            token2, _ = self.model.sample(mtp_hidden, self._sampling(seqs), self.use_kernels)
+            seen = None
+            if any(s.params.presence_penalty for s in seqs):  # token1 counts as seen for token2
+                pad = self.config.pad_id
+                seen = [s.seen | ({t} - {pad}) for s, t in zip(seqs, token1.tolist(), strict=True)]
+            st = self._sampling(seqs, seen)
+            token2, _ = self.model.sample(mtp_hidden, st, self.use_kernels)
             pairs, _ = self.model.gate(
                 hidden, mtp_hidden, token1, token2, self.threshold, self.use_kernels
             )
