@@ -160,6 +160,17 @@ class Engine:
     """Generation engine. ``model`` is an ARModel for mode "ar" and a PIPOModel otherwise;
     mode "spec" also needs ``verifier`` (an ARModel on the same vocabulary).
 
+    Args:
+        use_kernels: run the pipo ops (``pipo.ops``) instead of the plain-PyTorch path.
+        threshold: PIPO's confidence gate θ: < 0 always keeps token2, >= 1 never (the MTP head
+            is then skipped), otherwise token2 is kept where confidence >= θ.
+        num_pages, page_size: size of each paged KV cache (spec mode has one per model).
+        max_batch_size: requests decoded together; the others wait for a free place.
+        draft_topk, draft_steps: spec mode's tree: draft_topk token1 branches each with its
+            token2, then draft_steps - 1 more (token1, token2) pairs on the best branch.
+        cuda_graphs: capture the decode step of modes "ar" / "pipo" per batch-size bucket
+            (``pipo.cuda_graphs``; untested on a GPU so far).
+
     Example::
 
         engine = Engine(pipo_model, mode="pipo", threshold=0.5)
