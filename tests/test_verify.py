@@ -383,13 +383,14 @@ def test_stochastic_same_draft_and_target_accepts_everything():
 
 
 def test_uniforms_reference_values():
-    """The generator is pinned: these values are what every backend must draw."""
+    """The generator is pinned (docs/ops_verify.md): every backend must draw exactly these."""
     key = reference.verify_stream(1234, 7)
-    got = [reference.verify_uniform(key, k) for k in range(3)]
-    assert all(0.0 <= u < 1.0 for u in got)
-    assert got == [reference.verify_uniform(reference.verify_stream(1234, 7), k) for k in range(3)]
-    assert len(set(got)) == 3
-    assert reference.verify_stream(1234, 8) != key and reference.verify_stream(1235, 7) != key
+    assert key == 0xF2ED6652493B9F9D
+    got = [reference.verify_uniform(key, k) * 2**24 for k in range(3)]
+    assert got == [1742342.0, 1520647.0, 7869458.0]
+    key = reference.verify_stream(-1, 0)  # negative seeds are taken modulo 2**64
+    assert [reference.verify_uniform(key, k) * 2**24 for k in range(2)] == [673653.0, 6604518.0]
+    assert reference.verify_stream(1234, 8) != reference.verify_stream(1234, 7)
 
 
 @pytest.mark.parametrize("backend", [*cpu_backends("verify_tree_stochastic"), "torch"])
