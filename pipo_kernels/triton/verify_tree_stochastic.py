@@ -186,8 +186,8 @@ def verify_tree_stochastic(
         draft_tokens.shape[0],
         vocab,
         max_depth,
-        BLOCK_V=min(max(triton.next_power_of_2(vocab), 16), 1024),
-        BLOCK_D=triton.next_power_of_2(max_depth + 1),
+        BLOCK_V=min(max(triton.next_power_of_2(vocab), 128), 1024),
+        BLOCK_D=max(triton.next_power_of_2(max_depth + 1), 16),  # few compiled variants
         EXACT=not triton_interpreting(),
     )
     return accept_len, accept_index, bonus_token
