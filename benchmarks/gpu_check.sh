@@ -57,9 +57,9 @@ done
 for bench in benchmarks/bench_*.py; do
   name=$(basename "$bench" .py)
   # shellcheck disable=SC2086
-  run_step "$name" 900 python3 -m "benchmarks.$name" --out "$DEST" $BENCH_ARGS
-  cp "$DEST/$name.log" "$DEST/$name.md"
+  run_step "$name" 900 python3 -m "benchmarks.$name" --device cuda --out "$DEST" $BENCH_ARGS
 done
+python3 -m benchmarks.summarize "$DEST"
 
 echo
 echo "Results and logs: $DEST"

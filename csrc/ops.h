@@ -17,6 +17,15 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(
     const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
     const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
     int64_t num_splits);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(const at::Tensor& draft_tokens,
+                                                               const at::Tensor& parents,
+                                                               const at::Tensor& q_indptr,
+                                                               const at::Tensor& target_tokens,
+                                                               int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cpu(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth);
 
 #ifdef PIPO_WITH_CUDA
 void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
@@ -28,6 +37,15 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(
     const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
     const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
     int64_t num_splits);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(const at::Tensor& draft_tokens,
+                                                                const at::Tensor& parents,
+                                                                const at::Tensor& q_indptr,
+                                                                const at::Tensor& target_tokens,
+                                                                int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cuda(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth);
 #endif
 
 }  // namespace pipo

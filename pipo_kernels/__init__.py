@@ -34,6 +34,7 @@ from ._backend import (  # noqa: E402
 )
 from .attention import paged_attention  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
+from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
 
 if triton_importable():
     from . import triton  # noqa: F401  (registers torch.ops.pipo.*_triton)
@@ -48,4 +49,6 @@ __all__ = [
     "reference",
     "resolve",
     "triton_interpreting",
+    "verify_tree",
+    "verify_tree_stochastic",
 ]

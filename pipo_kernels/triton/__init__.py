@@ -4,6 +4,18 @@
 On a machine without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is
 set before `import triton` (slow; meant for tests)."""
 
-from . import kv_cache_append, kv_cache_compact, paged_attention
+from . import (
+    kv_cache_append,
+    kv_cache_compact,
+    paged_attention,
+    verify_tree,
+    verify_tree_stochastic,
+)
 
-__all__ = ["kv_cache_append", "kv_cache_compact", "paged_attention"]
+__all__ = [
+    "kv_cache_append",
+    "kv_cache_compact",
+    "paged_attention",
+    "verify_tree",
+    "verify_tree_stochastic",
+]
