@@ -23,16 +23,30 @@ TORCH_LIBRARY(pipo, m) {
   m.def(
       "kv_cache_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_slots, "
       "Tensor dst_slots) -> ()");
+  // Fused LM head + sampler over vocabulary tiles: (tokens, token_logprob, cand_ids, cand_logprobs).
+  m.def(
+      "sample_tokens(Tensor hidden, Tensor lm_head, Tensor temperature, Tensor top_k, "
+      "Tensor top_p, Tensor presence_penalty, Tensor? seen, Tensor seeds, Tensor offsets, "
+      "int num_candidates=0) -> (Tensor, Tensor, Tensor, Tensor)");
+  // PIPO confidence head (RMSNorm, fc1, SiLU, fc2, sigmoid) and threshold gate: (pairs, confidence).
+  m.def(
+      "pair_out(Tensor hidden, Tensor mtp_hidden, Tensor token1, Tensor token2, "
+      "Tensor norm_weight, Tensor fc1_weight, Tensor fc2_weight, float threshold, int pad_id, "
+      "float eps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("kv_cache_append", &pipo::kv_cache_append_cpu);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cpu);
+  m.impl("sample_tokens", &pipo::sample_tokens_cpu);
+  m.impl("pair_out", &pipo::pair_out_cpu);
 }
 
 #ifdef PIPO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("kv_cache_append", &pipo::kv_cache_append_cuda);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cuda);
+  m.impl("sample_tokens", &pipo::sample_tokens_cuda);
+  m.impl("pair_out", &pipo::pair_out_cuda);
 }
 #endif
