@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - only when the extension was not
 from . import reference
 from ._backend import available_backends, resolve
 from .kv_cache import kv_cache_append, kv_cache_compact
+from .sampling import pair_out, sample_tokens
 
 HAS_C = _C is not None
 
@@ -40,6 +41,8 @@ __all__ = [
     "available_backends",
     "kv_cache_append",
     "kv_cache_compact",
+    "pair_out",
     "reference",
     "resolve",
+    "sample_tokens",
 ]
