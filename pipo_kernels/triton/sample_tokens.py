@@ -23,11 +23,18 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .._backend import triton_interpreting
+
 from .._checks import should_check_values
-from ..sampling import MAX_CANDIDATES, check_sample_args, check_sample_values, sample_outputs
+from ..sampling import (
+    MAX_CANDIDATES,
+    _sample_tokens_fake,
+    check_sample_args,
+    check_sample_values,
+    sample_outputs,
+)
 
 MIN_KEY = -(2**63)
-LIST = 1024  # running candidate list of stage 2: the best 64 plus LIST - 64 new keys per step
 
 
 @triton.jit
@@ -149,7 +156,7 @@ def _sample_tiles_kernel(
             other=0.0,
         )
         if IEEE:
-            acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+            acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w))
 
@@ -382,9 +389,7 @@ def _sample_exact_kernel(
             mid = lo + (hi - lo) // 2
             mass = _mass_above(z_ptr, V, mid - 1, lse_a, BLOCK)
             if mid <= theta:
-                mass = _mass_above(z_ptr, V, theta, lse_a, BLOCK) + ties_k * tl.exp(
-                    z_theta - lse_a
-                )
+                mass = _mass_above(z_ptr, V, theta, lse_a, BLOCK) + ties_k * tl.exp(z_theta - lse_a)
             if mass >= p:
                 lo = mid
             else:
@@ -431,7 +436,22 @@ def _sample_exact_kernel(
         tl.store(logprob_ptr + row, best_z - (m_n + tl.log(s_n)))
 
 
-@triton_op("pipo::sample_tokens_triton", mutates_args=())
+def _register(name: str, mutates_args):
+    """triton_op on a GPU, so torch.compile sees the kernels. Under the interpreter an opaque
+    custom op with a fake kernel instead: tracing into a triton_op would run the interpreter on
+    fake tensors."""
+    if triton_interpreting():
+        return torch.library.custom_op(name, mutates_args=mutates_args)
+    return triton_op(name, mutates_args=mutates_args)
+
+
+def _dot_in_float32(dtype: torch.dtype) -> bool:
+    """IEEE float32 tl.dot for float32 inputs (no TF32), and for every dtype under the Triton
+    interpreter, whose float16 / bfloat16 tl.dot returns wrong values (Triton 3.8)."""
+    return dtype == torch.float32 or triton_interpreting()
+
+
+@_register("pipo::sample_tokens_triton", mutates_args=())
 def sample_tokens(
     hidden: torch.Tensor,
     lm_head: torch.Tensor,
@@ -456,7 +476,8 @@ def sample_tokens(
         offsets,
         num_candidates,
     )
-    if should_check_values(temperature):
+    # Plain tensors only: no value checks while tracing (fake or functional tensors).
+    if type(temperature) is torch.Tensor and should_check_values(temperature):
         check_sample_values(temperature, top_k, top_p)
     outs = sample_outputs(hidden, num_candidates)
     tokens, logprob, cand_ids, cand_lp = outs
@@ -464,7 +485,11 @@ def sample_tokens(
     vocab = lm_head.shape[0]
     if batch == 0:
         return outs
-    block_v, block_b, block_h = 128, 16, 64
+    # Stage 2 keeps a running sorted list of `merge_list` keys: the best 64 plus merge_list - 64
+    # new ones per step. The interpreter's tl.sort is slow, hence its smaller sizes.
+    interp = triton_interpreting()
+    block_v, block_b, block_h = (64, 16, 32) if interp else (128, 16, 64)
+    merge_list = 128 if interp else 1024
     n_tiles = triton.cdiv(vocab, block_v)
     kt = min(MAX_CANDIDATES, block_v)
     dev = hidden.device
@@ -504,7 +529,7 @@ def sample_tokens(
         NUM_CAND=num_candidates,
         MAXC=MAX_CANDIDATES,
         KT=kt,
-        IEEE=hidden.dtype == torch.float32,
+        IEEE=_dot_in_float32(hidden.dtype),
         BLOCK_B=block_b,
         BLOCK_V=block_v,
         BLOCK_H=block_h,
@@ -531,10 +556,14 @@ def sample_tokens(
         NUM_CAND=num_candidates,
         MAXC=MAX_CANDIDATES,
         KT=kt,
-        LIST=LIST,
+        LIST=merge_list,
         BLOCK_T=256,
     )
     wrap_triton(_sample_exact_kernel)[(batch,)](
         full_z, top_k, top_p, seeds, offsets, slow, lse, tokens, logprob, vocab, BLOCK=1024
     )
     return outs
+
+
+if triton_interpreting():
+    sample_tokens.register_fake(_sample_tokens_fake)
