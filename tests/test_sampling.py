@@ -72,7 +72,7 @@ def make_sample_inputs(name: str, device=CPU, seed: int = 0) -> dict:
     rows, h, v, dtype, scale, k, with_seen = SAMPLE_CASES[name]
     g = torch.Generator().manual_seed(seed)
     b = len(rows)
-    col = list(zip(*rows)) if rows else [(), (), (), ()]
+    col = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
     f32 = dict(dtype=torch.float32, device=device)
     return dict(
         hidden=torch.randn(b, h, generator=g).to(dtype).to(device),
@@ -162,7 +162,7 @@ def _exact_distribution(logits: torch.Tensor, t: float, k: int, p: float) -> tor
     w = [torch.exp(torch.tensor(z[i] - zmax, dtype=torch.float64)).item() for i in order]
     total = sum(w)
     kept, mass = [], 0.0
-    for i, wi in zip(order, w):
+    for i, wi in zip(order, w, strict=True):
         if p < 1 and mass >= p:
             break
         kept.append((i, wi))
@@ -328,7 +328,7 @@ def _pair_ref64(inp: dict):
 def test_pair_out_matches_reference(case, backend, device):
     inp = make_pair_inputs(case, device)
     pairs, conf = pipo_kernels.pair_out(**inp, backend=backend)
-    r_pairs, r_conf = _pair_ref64(inp)
+    _, r_conf = _pair_ref64(inp)
     b = PAIR_CASES[case][0]
     assert pairs.shape == (b, 2) and pairs.dtype == torch.int64
     assert conf.shape == (b,) and conf.dtype == torch.float32
@@ -461,7 +461,7 @@ def test_torch_compile_fullgraph(suffix):
         return tokens + 1, logprob * 2, ids, lp, pairs, conf
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    for got, want in zip(compiled(args, pargs), step(args, pargs)):
+    for got, want in zip(compiled(args, pargs), step(args, pargs), strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -485,7 +485,7 @@ def test_cuda_graph_capture(backend):
         pair = pipo_kernels.pair_out(**pinp, backend=backend)
     graph.replay()
     torch.cuda.synchronize()
-    for got, want in zip((*out, *pair), (*eager, *eager_pair)):
+    for got, want in zip((*out, *pair), (*eager, *eager_pair), strict=True):
         torch.testing.assert_close(got, want)
     inp["offsets"].add_(1)  # new draws without re-capturing
     graph.replay()

@@ -11,7 +11,6 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._backend import triton_interpreting
-
 from ..sampling import _pair_out_fake, check_pair_out_args
 
 

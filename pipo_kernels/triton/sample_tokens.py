@@ -24,7 +24,6 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._backend import triton_interpreting
-
 from .._checks import should_check_values
 from ..sampling import (
     MAX_CANDIDATES,
@@ -163,9 +162,7 @@ def _sample_tiles_kernel(
     t = tl.load(temp_ptr + rows, mask=row_ok, other=0.0)
     k = tl.load(top_k_ptr + rows, mask=row_ok, other=0)
     p = tl.load(top_p_ptr + rows, mask=row_ok, other=1.0)
-    greedy, small_k, nucleus_only, slow_k, need_winner, k_track, t_eff = _row_plan(
-        t, k, p, V, NUM_CAND, MAXC
-    )
+    _, _, nucleus_only, slow_k, need_winner, k_track, t_eff = _row_plan(t, k, p, V, NUM_CAND, MAXC)
     if HAS_SEEN:
         words_v = tl.load(
             seen_ptr + rows64[:, None] * words + (cols64 >> 5)[None, :],
@@ -239,7 +236,7 @@ def _sample_merge_kernel(
     t = tl.load(temp_ptr + row)
     k = tl.load(top_k_ptr + row)
     p = tl.load(top_p_ptr + row)
-    greedy, small_k, nucleus_only, slow_k, need_winner, k_track, t_eff = _row_plan(
+    greedy, small_k, nucleus_only, slow_k, need_winner, k_track, _ = _row_plan(
         t, k, p, V, NUM_CAND, MAXC
     )
     base = row * n_tiles
