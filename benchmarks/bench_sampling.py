@@ -52,7 +52,9 @@ def time_ms(fn, device: torch.device, min_reps: int = 5, budget_s: float = 1.0) 
     sync(device)
     times = []
     start_all = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start_all < budget_s and len(times) < 100):
+    while len(times) < min_reps or (
+        time.perf_counter() - start_all < budget_s and len(times) < 100
+    ):
         if device.type == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
@@ -76,14 +78,14 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * n / (ms * 1e-3)
 
 
-def eager_chain(hidden, lm_head, temperature, top_k, top_p, penalty, seen_mask, greedy: bool):
-    """The usual unfused chain; per-row parameters as tensors, [B, V] logits materialised."""
+def eager_chain(hidden, lm_head, temperature, k: int, top_p, penalty, seen_mask, greedy: bool):
+    """The usual unfused chain: per-row temperature / top_p / penalty tensors, one top_k for the
+    batch (a Python int, as serving stacks bucket it), [B, V] float32 logits materialised."""
     logits = torch.nn.functional.linear(hidden, lm_head).float()
     logits = logits - penalty[:, None] * seen_mask
     if greedy:
         return logits.argmax(dim=-1)
     logits = logits / temperature[:, None]
-    k = int(top_k.max())
     if k > 0:
         kth = torch.topk(logits, k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -102,7 +104,9 @@ def make_inputs(b, h, v, dtype, device, mode):
     lm_head = torch.empty(v, h, dtype=dtype, device=device).normal_(std=h**-0.5 * 4)
     seen = torch.randint(-(2**31), 2**31 - 1, (b, (v + 31) // 32), generator=g, dtype=torch.int32)
     seen = (seen & (seen >> 3) & (seen >> 7)).to(device)  # ~1/8 of the tokens seen
-    bits = (seen[:, torch.arange(v, device=device) // 32] >> (torch.arange(v, device=device) % 32)) & 1
+    bits = (
+        seen[:, torch.arange(v, device=device) // 32] >> (torch.arange(v, device=device) % 32)
+    ) & 1
     full = lambda x, dt=torch.float32: torch.full((b,), x, dtype=dt, device=device)  # noqa: E731
     return dict(
         hidden=hidden,
@@ -121,10 +125,14 @@ def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     bw = copy_bandwidth(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
     print(f"device: {name}; copy bandwidth {bw / 1e9:.1f} GB/s; dtype {args.dtype}")
     try:
-        import flashinfer.sampling as fi  # noqa: PLC0415
+        import flashinfer.sampling as fi
     except ImportError:
         fi = None
     if args.quick:
@@ -150,7 +158,7 @@ def run(args) -> list[dict]:
             inp["hidden"],
             inp["lm_head"],
             inp["temperature"],
-            inp["top_k"],
+            MODES[mode][1],
             inp["top_p"],
             inp["presence_penalty"],
             seen_mask,
@@ -195,7 +203,6 @@ def run(args) -> list[dict]:
             f"{fmt(weight_ms / ours, 8, 2)}",
             flush=True,
         )
-        del inp, seen_mask, chain_args
     return rows
 
 
