@@ -34,7 +34,8 @@ inline void check_sample_args(const at::Tensor& hidden, const at::Tensor& lm_hea
   check_contiguous(lm_head, "lm_head");
   check_size(lm_head, 1, hidden.size(1), "lm_head", "hidden size of hidden");
   const int64_t batch = hidden.size(0), vocab = lm_head.size(0);
-  TORCH_CHECK(vocab > 0 && vocab < (int64_t{1} << 31), "lm_head: expected a vocabulary size in [1, 2^31), got ", vocab);
+  TORCH_CHECK(vocab > 0 && vocab < (int64_t{1} << 31),
+              "lm_head: expected a vocabulary size in [1, 2^31), got ", vocab);
   check_row_param(temperature, batch, at::kFloat, hidden, "temperature");
   check_row_param(top_k, batch, at::kInt, hidden, "top_k");
   check_row_param(top_p, batch, at::kFloat, hidden, "top_p");

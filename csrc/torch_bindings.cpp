@@ -23,12 +23,14 @@ TORCH_LIBRARY(pipo, m) {
   m.def(
       "kv_cache_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_slots, "
       "Tensor dst_slots) -> ()");
-  // Fused LM head + sampler over vocabulary tiles: (tokens, token_logprob, cand_ids, cand_logprobs).
+  // Fused LM head + sampler over vocabulary tiles: (tokens, token_logprob, cand_ids,
+  // cand_logprobs).
   m.def(
       "sample_tokens(Tensor hidden, Tensor lm_head, Tensor temperature, Tensor top_k, "
       "Tensor top_p, Tensor presence_penalty, Tensor? seen, Tensor seeds, Tensor offsets, "
       "int num_candidates=0) -> (Tensor, Tensor, Tensor, Tensor)");
-  // PIPO confidence head (RMSNorm, fc1, SiLU, fc2, sigmoid) and threshold gate: (pairs, confidence).
+  // PIPO confidence head (RMSNorm, fc1, SiLU, fc2, sigmoid) and threshold gate: (pairs,
+  // confidence).
   m.def(
       "pair_out(Tensor hidden, Tensor mtp_hidden, Tensor token1, Tensor token2, "
       "Tensor norm_weight, Tensor fc1_weight, Tensor fc2_weight, float threshold, int pad_id, "

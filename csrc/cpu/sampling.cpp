@@ -15,8 +15,8 @@
 #include <torch/all.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -65,8 +65,8 @@ __attribute__((always_inline)) inline Vec16 load16(const float* p) {
 
 template <typename T>
 __attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t batch, int64_t h,
-                                                        const T* w, int64_t n, float* out,
-                                                        float* wbuf, Vec16* acc) {
+                                                         const T* w, int64_t n, float* out,
+                                                         float* wbuf, Vec16* acc) {
   constexpr int64_t kRows = 4, kLanes = 16, kChunk = 256;
   const int64_t h16 = h / kLanes * kLanes;
   for (int64_t j0 = 0; j0 < n; j0 += kRows) {
@@ -130,11 +130,11 @@ __attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t
   }
 }
 
-#define PIPO_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define PIPO_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-PIPO_CPU_CLONES void rows_dot_bf16(const float* x, int64_t batch, int64_t h,
-                                   const c10::BFloat16* w, int64_t n, float* out, float* wbuf,
-                                   Vec16* acc) {
+PIPO_CPU_CLONES void rows_dot_bf16(const float* x, int64_t batch, int64_t h, const c10::BFloat16* w,
+                                   int64_t n, float* out, float* wbuf, Vec16* acc) {
   rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
 }
 
@@ -155,8 +155,8 @@ void tile_logits(const at::Tensor& x, const at::Tensor& w, float* out, std::vect
   // wbuf: 4 x 256 converted weights, then 4 * B Vec16 partial sums (64-byte aligned).
   wbuf.resize(static_cast<size_t>(4 * 256 + 16 + batch * 4 * 16));
   float* conv = wbuf.data();
-  auto* acc = reinterpret_cast<Vec16*>(
-      (reinterpret_cast<uintptr_t>(conv + 4 * 256) + 63) / 64 * 64);
+  auto* acc =
+      reinterpret_cast<Vec16*>((reinterpret_cast<uintptr_t>(conv + 4 * 256) + 63) / 64 * 64);
   if (w.scalar_type() == at::kBFloat16) {
     rows_dot_bf16(x.data_ptr<float>(), batch, h, w.data_ptr<c10::BFloat16>(), n, out, conv, acc);
   } else {
@@ -169,20 +169,20 @@ struct RowPlan {
   float penalty;
   float top_p;
   bool greedy;
-  bool need_lse;     // log-normaliser over the whole vocabulary
-  bool need_winner;  // Gumbel-max over the whole vocabulary
-  bool small_k;      // 0 < top_k <= kMaxCandidates (and < V): the fused top-k path
-  int k_track;       // candidates kept per chunk
-  int64_t k_allowed; // size of the top-k set (V when top_k is 0 or >= V)
+  bool need_lse;      // log-normaliser over the whole vocabulary
+  bool need_winner;   // Gumbel-max over the whole vocabulary
+  bool small_k;       // 0 < top_k <= kMaxCandidates (and < V): the fused top-k path
+  int k_track;        // candidates kept per chunk
+  int64_t k_allowed;  // size of the top-k set (V when top_k is 0 or >= V)
   RngKeys keys;
 };
 
 struct RowState {
-  float m = -kInf;  // running max of z
-  float s = 0.0f;   // sum of exp(z - m)
+  float m = -kInf;                                        // running max of z
+  float s = 0.0f;                                         // sum of exp(z - m)
   Cand best{-kInf, std::numeric_limits<int32_t>::max()};  // argmax z, or argmax z + noise
-  float best_z = -kInf;  // z of `best`
-  int n = 0;             // candidates in the list
+  float best_z = -kInf;                                   // z of `best`
+  int n = 0;                                              // candidates in the list
 };
 
 // Picks the token from a sorted prefix of the row's distribution. `list` holds the len best
@@ -373,8 +373,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cpu(
       finish_sorted(merged.data(), p.k_allowed, p.k_allowed, lse_k, p.top_p, p.keys, tok[b],
                     tok_lp[b]);
     } else if (p.k_allowed < vocab ||
-               !finish_sorted(merged.data(), len, vocab, lse, p.top_p, p.keys, tok[b],
-                              tok_lp[b])) {
+               !finish_sorted(merged.data(), len, vocab, lse, p.top_p, p.keys, tok[b], tok_lp[b])) {
       needs_full.push_back(b);  // top_k > kMaxCandidates, or a nucleus beyond the candidates
     }
   }
@@ -406,13 +405,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cpu(
   return {tokens, token_logprob, cand_ids, cand_logprobs};
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_out_cpu(const at::Tensor& hidden,
-                                                const at::Tensor& mtp_hidden,
-                                                const at::Tensor& token1, const at::Tensor& token2,
-                                                const at::Tensor& norm_weight,
-                                                const at::Tensor& fc1_weight,
-                                                const at::Tensor& fc2_weight, double threshold,
-                                                int64_t pad_id, double eps) {
+std::tuple<at::Tensor, at::Tensor> pair_out_cpu(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
+    const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
+    const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps) {
   check_pair_out_args(hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight, fc2_weight);
   TORCH_CHECK(hidden.device().is_cpu(), "hidden: expected a CPU tensor, got ", hidden.device());
   const int64_t batch = hidden.size(0), h = hidden.size(1);

@@ -59,14 +59,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda(
   if (batch == 0) return {tokens, token_logprob, cand_ids, cand_logprobs};
 
   const int device = hidden.get_device();
-  const int rb = sample_rows_per_block(h, static_cast<int>(hidden.element_size()),
-                                       max_block_smem(device));
+  const int rb =
+      sample_rows_per_block(h, static_cast<int>(hidden.element_size()), max_block_smem(device));
   TORCH_CHECK(rb > 0, "hidden: hidden size ", h, " is too large for sample_tokens on this GPU");
   // About two blocks per multiprocessor in all, each over a contiguous part of the vocabulary.
   const int64_t sub_tiles = (vocab + 31) / 32;
   const int64_t row_blocks = (batch + rb - 1) / rb;
   const int64_t want = std::max<int64_t>(1, 2 * multiprocessors(device) / row_blocks);
-  const int64_t span_tiles = (sub_tiles + std::min(want, sub_tiles) - 1) / std::min(want, sub_tiles);
+  const int64_t span_tiles =
+      (sub_tiles + std::min(want, sub_tiles) - 1) / std::min(want, sub_tiles);
   const int64_t span = span_tiles * 32;
   const int64_t n_parts = (vocab + span - 1) / span;
 
@@ -112,20 +113,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda(
   p.n_parts = static_cast<int>(n_parts);
   p.part_span = static_cast<int>(span);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const cudaError_t err = dispatch_float(hidden.scalar_type(), [&]<typename T>() {
-    return launch_sample_tokens<T>(p, rb, stream);
-  });
+  const cudaError_t err = dispatch_float(
+      hidden.scalar_type(), [&]<typename T>() { return launch_sample_tokens<T>(p, rb, stream); });
   TORCH_CHECK(err == cudaSuccess, "sample_tokens: CUDA launch failed: ", cudaGetErrorString(err));
   return {tokens, token_logprob, cand_ids, cand_logprobs};
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_out_cuda(const at::Tensor& hidden,
-                                                 const at::Tensor& mtp_hidden,
-                                                 const at::Tensor& token1, const at::Tensor& token2,
-                                                 const at::Tensor& norm_weight,
-                                                 const at::Tensor& fc1_weight,
-                                                 const at::Tensor& fc2_weight, double threshold,
-                                                 int64_t pad_id, double eps) {
+std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
+    const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
+    const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps) {
   check_pair_out_args(hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight, fc2_weight);
   TORCH_CHECK(hidden.is_cuda(), "hidden: expected a CUDA tensor, got ", hidden.device());
   const c10::cuda::CUDAGuard guard(hidden.device());

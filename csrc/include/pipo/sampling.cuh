@@ -31,29 +31,29 @@
 namespace pipo {
 
 struct SampleParams {
-  const void* hidden;            // [B, H]
-  const void* lm_head;           // [V, H]
-  const float* temperature;      // [B]
-  const int32_t* top_k;          // [B]
-  const float* top_p;            // [B]
-  const float* presence_penalty; // [B]
-  const int32_t* seen;           // [B, words] or nullptr
-  const int64_t* seeds;          // [B]
-  const int64_t* offsets;        // [B]
-  int64_t* tokens;               // [B]
-  float* token_logprob;          // [B]
-  int64_t* cand_ids;             // [B, num_candidates]
-  float* cand_logprobs;          // [B, num_candidates]
+  const void* hidden;             // [B, H]
+  const void* lm_head;            // [V, H]
+  const float* temperature;       // [B]
+  const int32_t* top_k;           // [B]
+  const float* top_p;             // [B]
+  const float* presence_penalty;  // [B]
+  const int32_t* seen;            // [B, words] or nullptr
+  const int64_t* seeds;           // [B]
+  const int64_t* offsets;         // [B]
+  int64_t* tokens;                // [B]
+  float* token_logprob;           // [B]
+  int64_t* cand_ids;              // [B, num_candidates]
+  float* cand_logprobs;           // [B, num_candidates]
   // Workspaces (sizes from the launcher's workspace_* helpers).
-  float* part_m;                 // [B, n_parts]
-  float* part_s;                 // [B, n_parts]
-  int64_t* part_best;            // [B, n_parts]
-  float* part_best_z;            // [B, n_parts]
-  int64_t* part_cand;            // [B, n_parts, kMaxCandidates]
-  int32_t* part_n;               // [B, n_parts]
-  float* full_z;                 // [B, V]
-  int32_t* slow;                 // [B]
-  float* lse;                    // [B]
+  float* part_m;       // [B, n_parts]
+  float* part_s;       // [B, n_parts]
+  int64_t* part_best;  // [B, n_parts]
+  float* part_best_z;  // [B, n_parts]
+  int64_t* part_cand;  // [B, n_parts, kMaxCandidates]
+  int32_t* part_n;     // [B, n_parts]
+  float* full_z;       // [B, V]
+  int32_t* slow;       // [B]
+  float* lse;          // [B]
   int64_t batch, hidden_size, vocab, words;
   int num_candidates;
   int n_parts;
@@ -129,7 +129,9 @@ __device__ __forceinline__ int64_t pack(float z, int64_t id) {
 __device__ __forceinline__ float unpack_value(int64_t key) {
   return key_value(static_cast<int32_t>(key >> 32));
 }
-__device__ __forceinline__ int64_t unpack_id(int64_t key) { return 0xFFFFFFFFLL - (key & 0xFFFFFFFFLL); }
+__device__ __forceinline__ int64_t unpack_id(int64_t key) {
+  return 0xFFFFFFFFLL - (key & 0xFFFFFFFFLL);
+}
 
 struct RowMode {
   bool greedy, small_k, slow_k, nucleus_only, need_winner;
@@ -183,15 +185,21 @@ __device__ T block_reduce(T v, Op op, T identity, T* sh) {
 
 struct MaxOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return a > b ? a : b;
+  }
 };
 struct MinOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a < b ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return a < b ? a : b;
+  }
 };
 struct SumOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 
 // Stage 1. Dynamic shared memory: RB * H elements of T (the hidden rows), then the sub-tile's
@@ -207,8 +215,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * RB;
   const int part = blockIdx.y;
   const int64_t v_begin = static_cast<int64_t>(part) * p.part_span;
-  const int64_t v_end =
-      p.vocab < v_begin + p.part_span ? p.vocab : v_begin + p.part_span;
+  const int64_t v_end = p.vocab < v_begin + p.part_span ? p.vocab : v_begin + p.part_span;
   const T* hidden = static_cast<const T*>(p.hidden);
   const T* lm_head = static_cast<const T*>(p.lm_head);
 
@@ -289,8 +296,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
       const float m_new = max(run_m, tile_max);
       run_s = run_s * __expf(run_m - m_new) + warp_sum(valid ? __expf(z - m_new) : 0.0f);
       run_m = m_new;
-      const float score =
-          mode.need_winner ? z + gumbel_noise(keys, static_cast<uint32_t>(v)) : z;
+      const float score = mode.need_winner ? z + gumbel_noise(keys, static_cast<uint32_t>(v)) : z;
       const int64_t key = valid ? pack(score, v) : kMinKey;
       const int64_t key_max = warp_max(key);
       if (key_max > best) {
@@ -387,8 +393,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_merge_kernel(SamplePara
   __shared__ int sh_count;
   const int64_t row = blockIdx.x;
   const int tid = threadIdx.x;
-  const RowMode mode = row_mode(p.temperature[row], p.top_k[row], p.top_p[row], p.vocab,
-                                p.num_candidates);
+  const RowMode mode =
+      row_mode(p.temperature[row], p.top_k[row], p.top_p[row], p.vocab, p.num_candidates);
   const int64_t base = row * p.n_parts;
   float m = -INFINITY;
   int64_t best = kMinKey;
@@ -536,7 +542,10 @@ __global__ void __launch_bounds__(kSampleThreads) sample_exact_kernel(SamplePara
   if (k_allowed < V) {
     while (hi - lo > 1) {
       const int64_t mid = lo + (hi - lo) / 2;
-      if (count_ge(z, V, mid, sh) >= k_allowed) lo = mid; else hi = mid;
+      if (count_ge(z, V, mid, sh) >= k_allowed)
+        lo = mid;
+      else
+        hi = mid;
     }
   }
   const int64_t theta = lo;
@@ -549,7 +558,10 @@ __global__ void __launch_bounds__(kSampleThreads) sample_exact_kernel(SamplePara
   if (top_p < 1.0f) {
     while (hi - lo > 1) {
       const int64_t mid = lo + (hi - lo) / 2;  // > theta
-      if (mass_above(z, V, mid - 1, lse_a, sh) >= top_p) lo = mid; else hi = mid;
+      if (mass_above(z, V, mid - 1, lse_a, sh) >= top_p)
+        lo = mid;
+      else
+        hi = mid;
     }
   }
   const int64_t zstar = lo;
@@ -599,8 +611,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_exact_kernel(SamplePara
   }
   const int64_t win = block_reduce(best, MaxOp{}, kMinKey, sh.l);
   const float mall = block_reduce(m_n, MaxOp{}, -INFINITY, sh.f);
-  const float sall = block_reduce(m_n > -INFINITY ? s_n * __expf(m_n - mall) : 0.0f, SumOp{},
-                                  0.0f, sh.f);
+  const float sall =
+      block_reduce(m_n > -INFINITY ? s_n * __expf(m_n - mall) : 0.0f, SumOp{}, 0.0f, sh.f);
   const float wz = block_reduce(best == win ? best_z : -INFINITY, MaxOp{}, -INFINITY, sh.f);
   if (threadIdx.x == 0) {
     p.tokens[row] = unpack_id(win);
@@ -643,7 +655,8 @@ __global__ void pair_fc_kernel(PairOutParams p) {
     float contrib = 0.0f;
     if (j < H) {
       float acc = 0.0f;
-      for (int64_t i = lane; i < 2 * H; i += 32) acc += to_float(fc1[j * 2 * H + i]) * p.xn[b * 2 * H + i];
+      for (int64_t i = lane; i < 2 * H; i += 32)
+        acc += to_float(fc1[j * 2 * H + i]) * p.xn[b * 2 * H + i];
       acc = warp_sum(acc);
       contrib = acc / (1.0f + __expf(-acc)) * to_float(fc2[j]);
     }
@@ -690,15 +703,14 @@ template <typename T>
 cudaError_t launch_sample_tokens(const SampleParams& p, int rb, cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   constexpr int kVec = 16 / sizeof(T);
-  const bool vec = p.hidden_size % kVec == 0 &&
-                   reinterpret_cast<uint64_t>(p.lm_head) % 16 == 0 &&
+  const bool vec = p.hidden_size % kVec == 0 && reinterpret_cast<uint64_t>(p.lm_head) % 16 == 0 &&
                    reinterpret_cast<uint64_t>(p.hidden) % 16 == 0;
   const int64_t smem = sample_smem_bytes(rb, p.hidden_size, sizeof(T));
   const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(p.batch, rb)),
                   static_cast<unsigned>(p.n_parts));
   auto launch = [&]<int RB>() -> cudaError_t {
-    auto kernel = vec ? detail::sample_tiles_kernel<T, RB, kVec>
-                      : detail::sample_tiles_kernel<T, RB, 1>;
+    auto kernel =
+        vec ? detail::sample_tiles_kernel<T, RB, kVec> : detail::sample_tiles_kernel<T, RB, 1>;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem));
     if (err != cudaSuccess) return err;
@@ -707,10 +719,18 @@ cudaError_t launch_sample_tokens(const SampleParams& p, int rb, cudaStream_t str
   };
   cudaError_t err;
   switch (rb) {
-    case 8: err = launch.template operator()<8>(); break;
-    case 4: err = launch.template operator()<4>(); break;
-    case 2: err = launch.template operator()<2>(); break;
-    default: err = launch.template operator()<1>(); break;
+    case 8:
+      err = launch.template operator()<8>();
+      break;
+    case 4:
+      err = launch.template operator()<4>();
+      break;
+    case 2:
+      err = launch.template operator()<2>();
+      break;
+    default:
+      err = launch.template operator()<1>();
+      break;
   }
   if (err != cudaSuccess) return err;
   const dim3 rows(static_cast<unsigned>(p.batch));
@@ -732,8 +752,9 @@ cudaError_t launch_pair_out(const PairOutParams& p, cudaStream_t stream) {
   detail::pair_fc_kernel<T><<<static_cast<unsigned>(p.n_blocks), kPairWarps * 32, 0, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  detail::pair_gate_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(p.batch, 128)), 128, 0,
-                             stream>>>(p);
+  detail::
+      pair_gate_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(p.batch, 128)), 128, 0, stream>>>(
+          p);
   return cudaGetLastError();
 }
 
