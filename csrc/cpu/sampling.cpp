@@ -57,11 +57,15 @@ inline void insert_candidate(Cand* list, int& n, int k, Cand c) {
 // types keep the partial sums in registers; the clones below pick AVX-512 / AVX2 at run time.
 typedef float Vec16 __attribute__((vector_size(64)));
 
+// Always inlined, so the -Wpsabi note about passing 64-byte vectors by value does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
 __attribute__((always_inline)) inline Vec16 load16(const float* p) {
   Vec16 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+#pragma GCC diagnostic pop
 
 template <typename T>
 __attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t batch, int64_t h,

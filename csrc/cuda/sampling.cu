@@ -59,9 +59,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda(
   if (batch == 0) return {tokens, token_logprob, cand_ids, cand_logprobs};
 
   const int device = hidden.get_device();
-  const int rb =
+  int rb =
       sample_rows_per_block(h, static_cast<int>(hidden.element_size()), max_block_smem(device));
   TORCH_CHECK(rb > 0, "hidden: hidden size ", h, " is too large for sample_tokens on this GPU");
+  while (rb > 1 && rb / 2 >= batch) rb /= 2;  // no padded rows for small batches
   // About two blocks per multiprocessor in all, each over a contiguous part of the vocabulary.
   const int64_t sub_tiles = (vocab + 31) / 32;
   const int64_t row_blocks = (batch + rb - 1) / rb;
