@@ -55,17 +55,17 @@ inline void insert_candidate(Cand* list, int& n, int k, Cand c) {
 // time, in chunks of kChunk features: the chunk is converted to float32 once and dotted with
 // every row of x while both sit in L1, so the weight is read once whatever B is. GCC vector
 // types keep the partial sums in registers; the clones below pick AVX-512 / AVX2 at run time.
-typedef float Vec16 __attribute__((vector_size(64)));
-
-// Always inlined, so the -Wpsabi note about passing 64-byte vectors by value does not apply.
+// Everything here is internal and inlined into the clones, so GCC's -Wpsabi note about passing
+// 64-byte vectors by value does not apply.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
+typedef float Vec16 __attribute__((vector_size(64)));
+
 __attribute__((always_inline)) inline Vec16 load16(const float* p) {
   Vec16 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-#pragma GCC diagnostic pop
 
 template <typename T>
 __attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t batch, int64_t h,
@@ -146,6 +146,7 @@ PIPO_CPU_CLONES void rows_dot_f16(const float* x, int64_t batch, int64_t h, cons
                                   int64_t n, float* out, float* wbuf, Vec16* acc) {
   rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
 }
+#pragma GCC diagnostic pop
 
 // out[b, j] = x[b] . w[j] in float32 for w [n, H] rows of any float dtype: MKL for float32
 // weights, the converting kernel above for 16-bit ones.
