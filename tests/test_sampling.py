@@ -234,9 +234,12 @@ def test_sampled_frequencies_match_distribution(setting, backend):
 def test_sampled_frequencies_triton(setting):
     if "triton" not in pipo_kernels.available_backends("sample_tokens", CPU):
         pytest.skip("triton not available")
-    inp, probs = _stat_inputs(setting, 600, 12)
+    inp, probs = _stat_inputs(setting, 300, 8)
     tokens, _, _, _ = pipo_kernels.sample_tokens(**inp, backend="triton")
-    _check_frequencies(tokens, probs, bound=0.15)  # expected total variation ~0.05
+    _check_frequencies(tokens, probs, bound=0.2)  # expected total variation ~0.06
+    # The interpreted Triton kernel adds exactly the reference's noise: same tokens.
+    ref = _ref64({**inp, "num_candidates": 0})[0]
+    assert (tokens == ref).float().mean() > 0.99
 
 
 @pytest.mark.parametrize(("backend", "device"), _backends("sample_tokens"))
