@@ -8,6 +8,8 @@ from . import (
     kv_cache_append,
     kv_cache_compact,
     paged_attention,
+    pair_out,
+    sample_tokens,
     verify_tree,
     verify_tree_stochastic,
 )
@@ -16,6 +18,8 @@ __all__ = [
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
+    "pair_out",
+    "sample_tokens",
     "verify_tree",
     "verify_tree_stochastic",
 ]
