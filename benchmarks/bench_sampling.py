@@ -9,25 +9,20 @@ Baselines, timed in the same run on the same tensors:
 "roofline" is the time to read the LM-head weight once at the copy bandwidth measured in this
 run, divided by the kernel's time (1.0 = the kernel runs at the copy bandwidth).
 
-    python benchmarks/bench_sampling.py --quick          # CPU: ~2 minutes
-    python benchmarks/bench_sampling.py --device cuda    # the full grid on a GPU
-
-The timing helpers are local until benchmarks/common.py lands in main.
+    python -m benchmarks.bench_sampling --quick          # CPU: ~2 minutes
+    python -m benchmarks.bench_sampling --device cuda    # the full grid on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import pipo_kernels
+from benchmarks.common import copy_bandwidth_gbs, device_name, time_fn, write_results
 
 MODES = {
     # name: (temperature, top_k, top_p, presence_penalty)
@@ -41,41 +36,8 @@ HIDDENS = (256, 2560, 4096)
 BATCHES = (1, 8, 64)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn, device: torch.device, min_reps: int = 5, budget_s: float = 1.0) -> float:
-    """Median wall time in ms (CUDA events on a GPU) after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    start_all = time.perf_counter()
-    while len(times) < min_reps or (
-        time.perf_counter() - start_all < budget_s and len(times) < 100
-    ):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes per second moved (read + write) by a large device-to-device copy."""
-    n = (1 << 28) if device.type == "cuda" else (1 << 26)
-    src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, min_reps=10)
-    return 2 * n / (ms * 1e-3)
+def time_ms(fn, device: torch.device) -> float:
+    return time_fn(fn, device, warmup=1, min_runs=5, max_runs=100, budget_s=1.0).median_ms
 
 
 def eager_chain(hidden, lm_head, temperature, k: int, top_p, penalty, seen_mask, greedy: bool):
@@ -124,12 +86,8 @@ def make_inputs(b, h, v, dtype, device, mode):
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    bw = copy_bandwidth(device)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu"
-    )
+    bw = copy_bandwidth_gbs(device) * 1e9
+    name = device_name(device)
     print(f"device: {name}; copy bandwidth {bw / 1e9:.1f} GB/s; dtype {args.dtype}")
     try:
         import flashinfer.sampling as fi
@@ -203,21 +161,23 @@ def run(args) -> list[dict]:
             f"{fmt(weight_ms / ours, 8, 2)}",
             flush=True,
         )
+    path = write_results(
+        "sampling", device, rows, {"copy_bandwidth_gbs": bw / 1e9}, out_dir=args.out
+    )
+    print(f"results: {path}")
     return rows
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--quick", action="store_true", help="a few shapes (~2 minutes on a CPU)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    ap.add_argument("--out", type=Path, default=None, help="JSON file for the results")
-    args = ap.parse_args()
-    rows = run(args)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+    ap.add_argument(
+        "--out", type=Path, help="results folder (default benchmarks/results/<device>/)"
+    )
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":
