@@ -2,11 +2,11 @@
 // The tile kernel itself is attention_kernel.h, compiled once per instruction set below.
 #include "../attention.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <immintrin.h>
-#include <torch/all.h>
 
 #include <algorithm>
 #include <cmath>

@@ -11,8 +11,8 @@
 // and sort it: exact, and slower.
 #include "../sampling.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/all.h>
 
 #include <algorithm>
 #include <cmath>
@@ -153,6 +153,8 @@ PIPO_CPU_CLONES void rows_dot_f16(const float* x, int64_t batch, int64_t h, cons
 void tile_logits(const at::Tensor& x, const at::Tensor& w, float* out, std::vector<float>& wbuf) {
   const int64_t n = w.size(0), h = w.size(1), batch = x.size(0);
   if (w.scalar_type() == at::kFloat) {
+    // Kernels run below autograd: weights that require grad (model parameters) are fine here.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto out_t = at::from_blob(out, {batch, n}, x.options());
     at::mm_out(out_t, x, w.t());
     return;

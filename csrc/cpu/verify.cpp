@@ -2,8 +2,8 @@
 // (parents come before children, so one forward pass settles every node).
 #include "../verify.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/all.h>
 
 #include <algorithm>
 #include <tuple>

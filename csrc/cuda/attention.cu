@@ -1,7 +1,7 @@
 // Launch glue of paged_attention: argument checks, device guard, workspace, current stream.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/all.h>
 
 #include "../attention.h"
 #include "pipo/attention.cuh"

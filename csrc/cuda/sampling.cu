@@ -1,8 +1,8 @@
 // Launch glue of sample_tokens and pair_out: argument checks, workspaces from the caching
 // allocator (sizes depend on shapes only), device guard, current stream, dtype dispatch.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/all.h>
 
 #include "../sampling.h"
 #include "pipo/sampling.cuh"
