@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - only when the extension was not
 from . import reference
 from ._backend import available_backends, resolve
 from .kv_cache import kv_cache_append, kv_cache_compact
+from .latent import fold_pairs, unfold_input
 
 HAS_C = _C is not None
 
@@ -38,8 +39,10 @@ __all__ = [
     "HAS_C",
     "__version__",
     "available_backends",
+    "fold_pairs",
     "kv_cache_append",
     "kv_cache_compact",
     "reference",
     "resolve",
+    "unfold_input",
 ]

@@ -4,6 +4,6 @@
 On a machine without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is
 set before `import triton` (slow; meant for tests)."""
 
-from . import kv_cache_append, kv_cache_compact
+from . import fold_pairs, kv_cache_append, kv_cache_compact, unfold_input
 
-__all__ = ["kv_cache_append", "kv_cache_compact"]
+__all__ = ["fold_pairs", "kv_cache_append", "kv_cache_compact", "unfold_input"]
