@@ -36,6 +36,9 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# A constant for torch.compile: dynamo cannot trace the dispatcher query, and the answer only
+# changes when an extension is loaded.
+@torch._dynamo.assume_constant_result
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the compiled extension registered `pipo::op` for a dispatch key ("CPU" / "CUDA")."""
     try:

@@ -14,7 +14,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..latent import check_fold_args, check_token_values
+from ..latent import _fold_pairs_fake, check_fold_args, check_token_values
 
 
 @triton.jit
@@ -38,11 +38,15 @@ def _half_dot(
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
-        a = tl.load(a_ptr + a_rows[:, None] + ks[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(
+            a_ptr + a_rows[:, None] + ks[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0
+        )
         if NORM:
             g = tl.load(gamma_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
             a = (a.to(tl.float32) * g[None, :]).to(w_ptr.dtype.element_ty)
-        w = tl.load(w_ptr + w_rows[:, None] + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(
+            w_ptr + w_rows[:, None] + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
+        )
         if IEEE:  # float32 inputs (or the interpreter, see dot_in_f32) multiply in full float32
             acc = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
         else:
@@ -60,7 +64,7 @@ def _fold_pairs_kernel(
     N,
     V,
     H,
-    O,
+    O,  # noqa: E741  (the op contract names the output features O)
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     IEEE: tl.constexpr,
@@ -76,8 +80,21 @@ def _fold_pairs_kernel(
     for half in tl.static_range(2):
         ids = tl.load(ids_ptr + rows.to(tl.int64) * 2 + half, mask=row_ok, other=0).to(tl.int64)
         ok = row_ok & (ids >= 0) & (ids < V)  # out-of-range ids are never followed
-        acc = _half_dot(acc, ids * H, ok, emb_ptr, w_ptr, w_ptr, cols, col_ok, H, half,
-                        NORM=False, IEEE=IEEE, BLOCK_K=BLOCK_K)
+        acc = _half_dot(
+            acc,
+            ids * H,
+            ok,
+            emb_ptr,
+            w_ptr,
+            w_ptr,
+            cols,
+            col_ok,
+            H,
+            half,
+            NORM=False,
+            IEEE=IEEE,
+            BLOCK_K=BLOCK_K,
+        )
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if SILU:
@@ -137,3 +154,7 @@ def fold_pairs(
         **cfg,
     )
     return out
+
+
+# The fake kernel shared with the C++ op: shapes only, no tracing of the launch.
+fold_pairs.register_fake(_fold_pairs_fake)

@@ -10,7 +10,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..latent import check_token_values, check_unfold_args
+from ..latent import _unfold_input_fake, check_token_values, check_unfold_args
 from .fold_pairs import _half_dot, dot_in_f32, tile_config
 
 
@@ -45,7 +45,7 @@ def _unfold_input_kernel(
     N,
     V,
     H,
-    O,
+    O,  # noqa: E741  (the op contract names the output features O)
     hidden_stride,
     IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -60,10 +60,36 @@ def _unfold_input_kernel(
     ids = tl.load(ids_ptr + rows64, mask=row_ok, other=0).to(tl.int64)
     ok = row_ok & (ids >= 0) & (ids < V)  # out-of-range ids are never followed
     zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_e = _half_dot(zero, ids * H, ok, emb_ptr, w_ptr, gamma_e_ptr, cols, col_ok, H, 0,
-                      NORM=True, IEEE=IEEE, BLOCK_K=BLOCK_K)
-    acc_h = _half_dot(zero, rows64 * hidden_stride, row_ok, hidden_ptr, w_ptr, gamma_h_ptr, cols,
-                      col_ok, H, 1, NORM=True, IEEE=IEEE, BLOCK_K=BLOCK_K)
+    acc_e = _half_dot(
+        zero,
+        ids * H,
+        ok,
+        emb_ptr,
+        w_ptr,
+        gamma_e_ptr,
+        cols,
+        col_ok,
+        H,
+        0,
+        NORM=True,
+        IEEE=IEEE,
+        BLOCK_K=BLOCK_K,
+    )
+    acc_h = _half_dot(
+        zero,
+        rows64 * hidden_stride,
+        row_ok,
+        hidden_ptr,
+        w_ptr,
+        gamma_h_ptr,
+        cols,
+        col_ok,
+        H,
+        1,
+        NORM=True,
+        IEEE=IEEE,
+        BLOCK_K=BLOCK_K,
+    )
     s_e = tl.load(scale_ptr + rows64 * 2, mask=row_ok, other=0.0)
     s_h = tl.load(scale_ptr + rows64 * 2 + 1, mask=row_ok, other=0.0)
     acc = acc_e * s_e[:, None] + acc_h * s_h[:, None]
@@ -120,3 +146,7 @@ def unfold_input(
         **cfg,
     )
     return out
+
+
+# The fake kernel shared with the C++ op: shapes only, no tracing of the launch.
+unfold_input.register_fake(_unfold_input_fake)
