@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from setuptools import setup
@@ -35,10 +36,16 @@ def find_cuda_home() -> str | None:
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        try:
-            out = subprocess.run(
-                [nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60
-            )
+        try:  # a dry run prints the real toolkit folder as TOP=...; it needs an input file
+            with tempfile.TemporaryDirectory() as tmp:
+                probe = Path(tmp) / "probe.cu"
+                probe.write_text("")
+                out = subprocess.run(
+                    [nvcc, "--dryrun", "-c", str(probe), "-o", str(Path(tmp) / "probe.o")],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
             m = re.search(r"TOP=(\S+)", out.stdout + out.stderr)
             if m:
                 candidates.append(m.group(1))

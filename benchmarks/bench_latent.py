@@ -64,7 +64,9 @@ def make_inputs(op: str, preset: str, n: int, dtype, device, seed: int = 0) -> d
 
 
 def eager_fold(pair_ids, embedding, weight, bias, activation):
-    x = torch.cat([F.embedding(pair_ids[:, 0], embedding), F.embedding(pair_ids[:, 1], embedding)], -1)
+    x = torch.cat(
+        [F.embedding(pair_ids[:, 0], embedding), F.embedding(pair_ids[:, 1], embedding)], -1
+    )
     y = F.linear(x, weight, bias)
     return F.silu(y) if activation == "silu" else y
 
@@ -123,7 +125,9 @@ def run(args) -> list[dict]:
             limit_ms, limit = weight_bytes / (copy_gbs * 1e9) * 1e3, "weight/copyBW"
         else:
             x, w = concatenated(op, a), a["weight"]
-            limit_ms = time_fn(lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget).median_ms
+            limit_ms = time_fn(
+                lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget
+            ).median_ms
             limit = "matmul"
         backends = [
             b

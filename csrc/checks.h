@@ -2,7 +2,7 @@
 // what was expected, so a user can fix the call without reading this file.
 #pragma once
 
-#include <torch/all.h>
+#include <ATen/ATen.h>
 
 #include <cstdlib>
 #include <string>

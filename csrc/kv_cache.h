@@ -5,12 +5,8 @@
 
 namespace pipo {
 
-// Checks key/value [N, Hkv, D] against the paged caches [P, S, Hkv, D] and slot_mapping [N].
-// Token rows of key and value may be strided (e.g. views into a fused QKV projection); each
-// row itself must be contiguous.
-inline void check_kv_append_args(const at::Tensor& key, const at::Tensor& value,
-                                 const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                 const at::Tensor& slot_mapping) {
+// The paged caches [num_pages, page_size, num_kv_heads, head_dim]: one float dtype, contiguous.
+inline void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache) {
   check_dim(k_cache, 4, "k_cache");
   check_float(k_cache, "k_cache");
   check_contiguous(k_cache, "k_cache");
@@ -20,6 +16,15 @@ inline void check_kv_append_args(const at::Tensor& key, const at::Tensor& value,
   check_same_device(v_cache, k_cache, "v_cache", "k_cache");
   check_contiguous(v_cache, "v_cache");
   TORCH_CHECK(!v_cache.is_same(k_cache), "v_cache: must be a different tensor from k_cache");
+}
+
+// Checks key/value [N, Hkv, D] against the paged caches [P, S, Hkv, D] and slot_mapping [N].
+// Token rows of key and value may be strided (e.g. views into a fused QKV projection); each
+// row itself must be contiguous.
+inline void check_kv_append_args(const at::Tensor& key, const at::Tensor& value,
+                                 const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 const at::Tensor& slot_mapping) {
+  check_caches(k_cache, v_cache);
   const int64_t heads = k_cache.size(2), head_dim = k_cache.size(3);
   for (const auto& [t, name] : {std::pair{&key, "key"}, std::pair{&value, "value"}}) {
     check_dim(*t, 3, name);
@@ -42,15 +47,7 @@ inline void check_kv_append_args(const at::Tensor& key, const at::Tensor& value,
 
 inline void check_kv_compact_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& src_slots, const at::Tensor& dst_slots) {
-  check_dim(k_cache, 4, "k_cache");
-  check_float(k_cache, "k_cache");
-  check_contiguous(k_cache, "k_cache");
-  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache: expected the shape of k_cache ",
-              shape_str(k_cache), ", got ", shape_str(v_cache));
-  check_same_dtype(v_cache, k_cache, "v_cache", "k_cache");
-  check_same_device(v_cache, k_cache, "v_cache", "k_cache");
-  check_contiguous(v_cache, "v_cache");
-  TORCH_CHECK(!v_cache.is_same(k_cache), "v_cache: must be a different tensor from k_cache");
+  check_caches(k_cache, v_cache);
   for (const auto& [t, name] :
        {std::pair{&src_slots, "src_slots"}, std::pair{&dst_slots, "dst_slots"}}) {
     check_dim(*t, 1, name);

@@ -1,7 +1,7 @@
 // Declarations of every op implementation, registered in torch_bindings.cpp.
 #pragma once
 
-#include <torch/all.h>
+#include <ATen/ATen.h>
 
 namespace pipo {
 

@@ -14,7 +14,7 @@ import torch  # noqa: F401  (loads libtorch before the extension needs it)
 __version__ = "0.1.0"
 
 try:
-    from . import _C
+    from . import _C  # registers the C++ ops
 except ImportError as exc:  # pragma: no cover - only when the extension was not built
     logging.getLogger("pipo_kernels").warning(
         "pipo_kernels._C could not be loaded (%s): only the 'torch' and 'triton' backends are "
@@ -23,14 +23,17 @@ except ImportError as exc:  # pragma: no cover - only when the extension was not
     )
     _C = None
 
-from . import reference
-from ._backend import available_backends, resolve
-from .kv_cache import kv_cache_append, kv_cache_compact
-from .latent import fold_pairs, unfold_input
-
 HAS_C = _C is not None
 
-from ._backend import triton_importable  # noqa: E402
+from . import reference  # noqa: E402
+from ._backend import (  # noqa: E402
+    available_backends,
+    resolve,
+    triton_importable,
+    triton_interpreting,
+)
+from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
+from .latent import fold_pairs, unfold_input  # noqa: E402
 
 if triton_importable():
     from . import triton  # noqa: F401  (registers torch.ops.pipo.*_triton)
@@ -44,5 +47,6 @@ __all__ = [
     "kv_cache_compact",
     "reference",
     "resolve",
+    "triton_interpreting",
     "unfold_input",
 ]

@@ -36,9 +36,6 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-# A constant for torch.compile: dynamo cannot trace the dispatcher query, and the answer only
-# changes when an extension is loaded.
-@torch._dynamo.assume_constant_result
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the compiled extension registered `pipo::op` for a dispatch key ("CPU" / "CUDA")."""
     try:
@@ -83,30 +80,40 @@ def why_unavailable(op: str, backend: str, device: torch.device) -> str | None:
     return f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}"
 
 
-@cache
-def _warn_fallback(op: str, kind: str, chosen: str, reasons: str) -> None:
-    log.warning(
-        "pipo_kernels.%s on %s tensors: using the %s backend (%s)", op, kind, chosen, reasons
+# torch.compile treats the choice as a constant of the traced graph (it only depends on the
+# installed kernels, the device and the environment), so wrappers trace with fullgraph=True.
+@torch.compiler.assume_constant_result
+def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
+    """The backend that will run `op` for tensors on `device`."""
+    return _resolve(
+        op, device.type, backend, os.environ.get("PIPO_BACKEND"), os.environ.get("TRITON_INTERPRET")
     )
 
 
-def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
-    """The backend that will run `op` for tensors on `device`."""
+@cache  # the choice is on every op call's path: decide once per (op, device, setting)
+def _resolve(
+    op: str, kind: str, backend: str | None, env: str | None, _interpret: str | None
+) -> str:
+    device = torch.device(kind)
     if backend is not None:
         reason = why_unavailable(op, backend, device)
         if reason is not None:
             raise ValueError(f"backend: {backend!r} cannot run {op}: {reason}")
         return backend
-    env = os.environ.get("PIPO_BACKEND")
     if env and why_unavailable(op, env, device) is None:
         return env
-    order = PREFERENCE.get(device.type, ("torch",))
     skipped = []
-    for cand in order:
+    for cand in PREFERENCE.get(kind, ("torch",)):
         reason = why_unavailable(op, cand, device)
         if reason is None:
             if skipped:
-                _warn_fallback(op, device.type, cand, "; ".join(skipped))
+                log.warning(
+                    "pipo_kernels.%s on %s tensors: using the %s backend (%s)",
+                    op,
+                    kind,
+                    cand,
+                    "; ".join(skipped),
+                )
             return cand
         skipped.append(f"{cand}: {reason}")
     raise AssertionError("unreachable: the torch backend is always available")

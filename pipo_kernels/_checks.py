@@ -51,22 +51,9 @@ def validate_enabled() -> bool:
     return os.environ.get("PIPO_VALIDATE", "0") not in ("", "0")
 
 
-def _is_traced(t: torch.Tensor) -> bool:
-    """Fake or functional tensors (torch.compile / opcheck tracing a triton_op's body) or an active
-    proxy mode: the values do not exist yet."""
-    from torch._subclasses.functional_tensor import FunctionalTensor
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
-    return (
-        isinstance(t, (torch._subclasses.FakeTensor, FunctionalTensor))
-        or torch._is_functional_tensor(t)
-        or get_proxy_mode() is not None
-    )
-
-
 def should_check_values(t: torch.Tensor) -> bool:
     """Index values are checked on the CPU always, on a GPU only with PIPO_VALIDATE=1, and never
-    while torch.compile traces (there are no values then)."""
-    if torch.compiler.is_compiling() or _is_traced(t):
+    while tracing: fake and functional tensors (torch.compile, opcheck, export) carry no values."""
+    if torch.compiler.is_compiling() or type(t) is not torch.Tensor:
         return False
     return t.device.type == "cpu" or validate_enabled()

@@ -27,7 +27,7 @@ def _check_caches(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         fail("v_cache", f"the shape of k_cache {tuple(k_cache.shape)}", tuple(v_cache.shape))
     check_like(v_cache, k_cache, "v_cache", "k_cache")
     check_contiguous(v_cache, "v_cache")
-    if v_cache.data_ptr() == k_cache.data_ptr() and k_cache.numel() > 0:
+    if v_cache is k_cache:
         raise ValueError("v_cache: must be a different tensor from k_cache")
 
 

@@ -10,7 +10,7 @@ __all__ = ["fold_pairs", "kv_cache_append", "kv_cache_compact", "rms_norm", "unf
 
 def _rows(cache: torch.Tensor) -> torch.Tensor:
     """[num_pages, page_size, Hkv, D] -> [num_slots, Hkv * D] view."""
-    return cache.view(cache.shape[0] * cache.shape[1], -1)
+    return cache.view(cache.shape[0] * cache.shape[1], cache.shape[2] * cache.shape[3])
 
 
 def kv_cache_append(
@@ -23,8 +23,8 @@ def kv_cache_append(
     """cache[slot_mapping[n]] = key[n] / value[n] for every n with slot_mapping[n] >= 0."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
-    _rows(k_cache)[slots] = key[keep].reshape(slots.shape[0], -1)
-    _rows(v_cache)[slots] = value[keep].reshape(slots.shape[0], -1)
+    _rows(k_cache)[slots] = key[keep].flatten(1)
+    _rows(v_cache)[slots] = value[keep].flatten(1)
 
 
 def kv_cache_compact(

@@ -5,18 +5,13 @@ Without a GPU, Triton runs in its interpreter (TRITON_INTERPRET=1): sizes stay s
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from conftest import HAS_CUDA, backends, opcheck_utils
 
 import pipo_kernels
-from pipo_kernels import _backend, reference
+from pipo_kernels import reference
 
-HAS_CUDA = torch.cuda.is_available()
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Output rounding dominates: half a unit in the last place of values of magnitude ~1-4.
 TOL = {
@@ -112,10 +107,6 @@ def poison_allocator(n, o, dtype, device):
     torch.full((max(n, 1), max(o, 1)), float("nan"), dtype=dtype, device=device)
 
 
-def backends_for(op, device):
-    return [b for b in _backend.available_backends(op, torch.device(device))]
-
-
 def check_case(sample, dtype, device, backend):
     op, n, h, o, v, opts = sample
     args = MAKE[op](n, h, o, v, dtype, device, **opts)
@@ -130,7 +121,7 @@ def check_case(sample, dtype, device, backend):
 @pytest.mark.parametrize("sample", SAMPLES, ids=sample_id)
 @pytest.mark.parametrize("backend", ["cpu", "torch", "triton"])
 def test_matches_reference_cpu(sample, dtype, backend):
-    if backend not in backends_for(sample[0], "cpu"):
+    if backend not in backends(sample[0], "cpu"):
         pytest.skip(f"{backend} unavailable on cpu")
     check_case(sample, dtype, "cpu", backend)
 
@@ -138,7 +129,7 @@ def test_matches_reference_cpu(sample, dtype, backend):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("sample", CPU_SAMPLES, ids=sample_id)
 def test_cpu_kernel_blocks(sample, dtype):
-    if "cpu" not in backends_for(sample[0], "cpu"):
+    if "cpu" not in backends(sample[0], "cpu"):
         pytest.skip("C++ CPU kernel not built")
     check_case(sample, dtype, "cpu", "cpu")
 
@@ -208,16 +199,7 @@ def test_opcheck(sample, suffix):
         pytest.skip(f"torch.ops.pipo.{name} is not registered")
     device = "cuda" if HAS_CUDA else "cpu"
     args = MAKE[op](*sample[1:5], torch.float32, device, **sample[5])
-    utils = (
-        "test_schema",
-        "test_autograd_registration",
-        "test_faketensor",
-        "test_aot_dispatch_dynamic",
-    )
-    if suffix and not HAS_CUDA:
-        # Triton's interpreter runs the kernel eagerly even while AOT dispatch traces the
-        # triton_op (wrap_triton only defers compiled kernels), so that check needs a GPU.
-        utils = utils[:3]
+    utils = opcheck_utils(device, is_triton=bool(suffix))
     torch.library.opcheck(getattr(torch.ops.pipo, name), positional(op, args), test_utils=utils)
 
 
@@ -225,7 +207,7 @@ def test_opcheck(sample, suffix):
 def test_torch_compile_fullgraph(op):
     backend = "cuda" if HAS_CUDA else "cpu"
     device = "cuda" if HAS_CUDA else "cpu"
-    if backend not in backends_for(op, device):
+    if backend not in backends(op, device):
         pytest.skip("compiled kernels not built")
     args = MAKE[op](7, 32, 24, 20, torch.float32, device)
     fn = getattr(pipo_kernels, op)
@@ -324,7 +306,7 @@ BAD = [("fold_pairs", *c) for c in _bad_fold()] + [("unfold_input", *c) for c in
 @pytest.mark.parametrize("case", BAD, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(BAD)])
 def test_bad_inputs_name_the_argument(case, backend):
     op, name, args = case
-    if backend not in backends_for(op, "cpu"):
+    if backend not in backends(op, "cpu"):
         pytest.skip(f"{backend} unavailable on cpu")
     with pytest.raises((RuntimeError, ValueError), match=name):
         run(op, args, backend)

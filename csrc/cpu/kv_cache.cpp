@@ -1,16 +1,20 @@
 // KV-cache append and compaction on the CPU: parallel over tokens, one memcpy per row.
 #include "../kv_cache.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/all.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace pipo {
 namespace {
 
-// Rows are small (a few KiB), so each task takes many of them.
-constexpr int64_t kGrain = 64;
+// Rows are small (a few KiB): a task copies at least 256 KiB, so small batches stay on one
+// thread instead of paying for a parallel region.
+int64_t grain(int64_t row_bytes) {
+  return std::max<int64_t>(1, (int64_t{1} << 18) / (2 * row_bytes));
+}
 
 }  // namespace
 
@@ -30,7 +34,7 @@ void kv_cache_append_cpu(const at::Tensor& key, const at::Tensor& value, at::Ten
   auto* v_dst = static_cast<char*>(v_cache.data_ptr());
   const int64_t* slots = slot_mapping.data_ptr<int64_t>();
 
-  at::parallel_for(0, key.size(0), kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, key.size(0), grain(row_bytes), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t slot = slots[t];
       if (slot < 0) continue;
@@ -56,14 +60,14 @@ void kv_cache_compact_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Te
   // Read every source before writing any destination: sources and destinations may overlap.
   std::vector<char> rows(static_cast<size_t>(moves * 2 * row_bytes));
   auto skip = [&](int64_t m) { return src[m] < 0 || dst[m] < 0; };
-  at::parallel_for(0, moves, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, moves, grain(row_bytes), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       if (skip(m)) continue;
       std::memcpy(rows.data() + m * 2 * row_bytes, k + src[m] * row_bytes, row_bytes);
       std::memcpy(rows.data() + (m * 2 + 1) * row_bytes, v + src[m] * row_bytes, row_bytes);
     }
   });
-  at::parallel_for(0, moves, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, moves, grain(row_bytes), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       if (skip(m)) continue;
       std::memcpy(k + dst[m] * row_bytes, rows.data() + m * 2 * row_bytes, row_bytes);

@@ -94,9 +94,7 @@ struct Vec {
   using V = __m512;
   static constexpr int kWidth = 16;
   static inline __attribute__((always_inline)) V zero() { return _mm512_setzero_ps(); }
-  static inline __attribute__((always_inline)) V load(const float* p) {
-    return _mm512_loadu_ps(p);
-  }
+  static inline __attribute__((always_inline)) V load(const float* p) { return _mm512_loadu_ps(p); }
   static inline __attribute__((always_inline)) V load(const Bf16* p) {
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
@@ -108,9 +106,7 @@ struct Vec {
   static inline __attribute__((always_inline)) V fma(V a, V b, V c) {
     return _mm512_fmadd_ps(a, b, c);
   }
-  static inline __attribute__((always_inline)) float reduce(V a) {
-    return _mm512_reduce_add_ps(a);
-  }
+  static inline __attribute__((always_inline)) float reduce(V a) { return _mm512_reduce_add_ps(a); }
 };
 
 #include "latent_tiles.h"
@@ -143,8 +139,9 @@ struct Vec {
 bool cpu_has_avx512() {
 #ifdef PIPO_LATENT_AVX512
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+                          __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
   return has;
 #else
   return false;
@@ -241,8 +238,15 @@ at::Tensor fold_pairs_cpu(const at::Tensor& pair_ids, const at::Tensor& embeddin
   gather_rows(pair_ids, embedding, 2, 0, src.data());
   std::vector<float> bias_f;
   if (bias.has_value()) bias_f = to_float_vector(*bias);
-  Problem p{src.data(), nullptr, nullptr, weight.data_ptr(),
-            bias.has_value() ? bias_f.data() : nullptr, out.data_ptr(), n, h, o,
+  Problem p{src.data(),
+            nullptr,
+            nullptr,
+            weight.data_ptr(),
+            bias.has_value() ? bias_f.data() : nullptr,
+            out.data_ptr(),
+            n,
+            h,
+            o,
             parse_activation(activation)};
   dispatch<false>(p, embedding.scalar_type());
   return out;
@@ -263,7 +267,8 @@ at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidde
   std::vector<const void*> src(2 * n);
   gather_rows(token_ids, embedding, 1, 0, src.data());
   const auto* hid = static_cast<const char*>(hidden.data_ptr());
-  for (int64_t i = 0; i < n; ++i) src[2 * i + 1] = hid + i * hidden.stride(0) * hidden.element_size();
+  for (int64_t i = 0; i < n; ++i)
+    src[2 * i + 1] = hid + i * hidden.stride(0) * hidden.element_size();
   std::vector<float> gamma = to_float_vector(at::cat({embed_norm_weight, hidden_norm_weight}));
   std::vector<float> scale(2 * n);
   switch (embedding.scalar_type()) {
@@ -276,8 +281,9 @@ at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidde
     default:
       rms_scales<Fp16>(src.data(), n, h, eps, scale.data());
   }
-  Problem p{src.data(), scale.data(), gamma.data(), weight.data_ptr(), nullptr, out.data_ptr(),
-            n, h, o, false};
+  Problem p{
+      src.data(), scale.data(), gamma.data(), weight.data_ptr(), nullptr, out.data_ptr(), n, h,
+      o,          false};
   dispatch<true>(p, embedding.scalar_type());
   return out;
 }

@@ -47,10 +47,9 @@ inline __attribute__((always_inline)) void tile_dot(const T* const* a, const T* 
 
 // Every row tile of one row block against one chunk of one half.
 template <typename T, bool kNorm, int R>
-inline __attribute__((always_inline)) void block_chunk(const Problem& p, int64_t row0,
-                                                       int64_t rows, int64_t out0, int64_t outs,
-                                                       int half, int64_t k0, int64_t len,
-                                                       float* acc) {
+inline __attribute__((always_inline)) void block_chunk(const Problem& p, int64_t row0, int64_t rows,
+                                                       int64_t out0, int64_t outs, int half,
+                                                       int64_t k0, int64_t len, float* acc) {
   const T* weight = static_cast<const T*>(p.weight);
   const int64_t h = p.h;
   for (int64_t r = 0; r + R <= rows; r += R) {
@@ -93,9 +92,12 @@ void run_blocks(const Problem& p, int64_t task_begin, int64_t task_end) {
         block_chunk<T, kNorm, kTileRows>(p, row0, full, out0, outs, half, k0, len, acc);
         const int64_t rest = rows - full;
         float* acc_rest = acc + full * kAccStride;
-        if (rest == 1) block_chunk<T, kNorm, 1>(p, row0 + full, 1, out0, outs, half, k0, len, acc_rest);
-        if (rest == 2) block_chunk<T, kNorm, 2>(p, row0 + full, 2, out0, outs, half, k0, len, acc_rest);
-        if (rest == 3) block_chunk<T, kNorm, 3>(p, row0 + full, 3, out0, outs, half, k0, len, acc_rest);
+        if (rest == 1)
+          block_chunk<T, kNorm, 1>(p, row0 + full, 1, out0, outs, half, k0, len, acc_rest);
+        if (rest == 2)
+          block_chunk<T, kNorm, 2>(p, row0 + full, 2, out0, outs, half, k0, len, acc_rest);
+        if (rest == 3)
+          block_chunk<T, kNorm, 3>(p, row0 + full, 3, out0, outs, half, k0, len, acc_rest);
       }
     }
     store_block<T>(p, acc, row0, rows, out0, outs);

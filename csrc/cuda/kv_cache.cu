@@ -1,7 +1,7 @@
 // Launch glue of the KV-cache kernels: argument checks, device guard, current stream.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/all.h>
 
 #include "../kv_cache.h"
 #include "pipo/kv_cache.cuh"

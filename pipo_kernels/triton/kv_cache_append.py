@@ -8,7 +8,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..kv_cache import check_append_args, check_slot_values, num_slots
+from ..kv_cache import _kv_cache_append_fake, check_append_args, check_slot_values, num_slots
 
 
 @triton.jit
@@ -65,3 +65,7 @@ def kv_cache_append(
         row,
         BLOCK=block,
     )
+
+
+# Shape-only fake: without it, tracing with TRITON_INTERPRET=1 would run the interpreter on fake tensors.
+kv_cache_append.register_fake(_kv_cache_append_fake)

@@ -9,7 +9,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._checks import should_check_values
-from ..kv_cache import check_compact_args, check_compact_values, num_slots
+from ..kv_cache import _kv_cache_compact_fake, check_compact_args, check_compact_values, num_slots
 
 
 @triton.jit
@@ -69,3 +69,7 @@ def kv_cache_compact(
             SCATTER=scatter,
             BLOCK=block,
         )
+
+
+# Shape-only fake: without it, tracing with TRITON_INTERPRET=1 would run the interpreter on fake tensors.
+kv_cache_compact.register_fake(_kv_cache_compact_fake)

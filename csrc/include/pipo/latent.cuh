@@ -29,17 +29,17 @@
 namespace pipo {
 
 struct LatentParams {
-  const void* ids;          // fold: [N, 2]; unfold: [N]; int32 or int64 (ids_64)
+  const void* ids;  // fold: [N, 2]; unfold: [N]; int32 or int64 (ids_64)
   bool ids_64;
-  const void* embedding;    // [V, H]
-  const void* hidden;       // unfold: [N, H], rows hidden_stride elements apart
+  const void* embedding;  // [V, H]
+  const void* hidden;     // unfold: [N, H], rows hidden_stride elements apart
   int64_t hidden_stride;
-  const void* gamma_e;      // unfold: [H] norm weight of the embedding half
-  const void* gamma_h;      // unfold: [H] norm weight of the hidden half
-  float* scale;             // unfold: [N, 2] float RMSNorm scales (written by the pre-pass)
-  const void* weight;       // [O, 2H]
-  const void* bias;         // fold: [O] or nullptr
-  void* out;                // [N, O]
+  const void* gamma_e;  // unfold: [H] norm weight of the embedding half
+  const void* gamma_h;  // unfold: [H] norm weight of the hidden half
+  float* scale;         // unfold: [N, 2] float RMSNorm scales (written by the pre-pass)
+  const void* weight;   // [O, 2H]
+  const void* bias;     // fold: [O] or nullptr
+  void* out;            // [N, O]
   int64_t n, v, h, o;
   float eps;
   bool silu;
@@ -72,8 +72,8 @@ template <typename T, bool kUnfold>
 __device__ __forceinline__ const T* row_src(const LatentParams& p, int64_t n, int half) {
   if (kUnfold && half == 1) return static_cast<const T*>(p.hidden) + n * p.hidden_stride;
   const int64_t i = kUnfold ? n : 2 * n + half;
-  const int64_t id = p.ids_64 ? static_cast<const int64_t*>(p.ids)[i]
-                              : static_cast<const int32_t*>(p.ids)[i];
+  const int64_t id =
+      p.ids_64 ? static_cast<const int64_t*>(p.ids)[i] : static_cast<const int32_t*>(p.ids)[i];
   if (id < 0 || id >= p.v) return nullptr;
   return static_cast<const T*>(p.embedding) + id * p.h;
 }
@@ -126,8 +126,7 @@ __global__ void __launch_bounds__(256) unfold_rms_kernel(LatentParams p) {
   if (threadIdx.x == 0) {
     float total = 0.0f;
     for (int w = 0; w < 8; ++w) total += partial[w];
-    p.scale[2 * n + half] =
-        x != nullptr ? rsqrtf(total / static_cast<float>(p.h) + p.eps) : 0.0f;
+    p.scale[2 * n + half] = x != nullptr ? rsqrtf(total / static_cast<float>(p.h) + p.eps) : 0.0f;
   }
 }
 
@@ -139,8 +138,7 @@ constexpr int kGemvOuts = 4;
 template <typename T, bool kUnfold, int kRows, int kVec>
 __global__ void __launch_bounds__(kGemvWarps * 32) latent_gemv_kernel(LatentParams p) {
   const int lane = threadIdx.x % 32;
-  const int64_t o0 =
-      (static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32) * kGemvOuts;
+  const int64_t o0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32) * kGemvOuts;
   if (o0 >= p.o) return;
   const int64_t h = p.h;
   float acc[kRows][kGemvOuts] = {};
@@ -229,7 +227,8 @@ struct TileLoader {
         load_vec<T, kVec>(src + k, v);
       } else {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) v[e] = src != nullptr && k + e < p.h ? to_f(src[k + e]) : 0.0f;
+        for (int e = 0; e < kVec; ++e)
+          v[e] = src != nullptr && k + e < p.h ? to_f(src[k + e]) : 0.0f;
       }
       if (kUnfold && is_a) {
 #pragma unroll
@@ -399,10 +398,14 @@ cudaError_t launch_gemm(const LatentParams& p, cudaStream_t stream) {
   if (p.n <= kGemvMaxRows) {
     const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(p.o, kGemvWarps * kGemvOuts)));
     const dim3 block(kGemvWarps * 32);
-    if (p.n == 1) latent_gemv_kernel<T, kUnfold, 1, kVec><<<grid, block, 0, stream>>>(p);
-    else if (p.n == 2) latent_gemv_kernel<T, kUnfold, 2, kVec><<<grid, block, 0, stream>>>(p);
-    else if (p.n <= 4) latent_gemv_kernel<T, kUnfold, 4, kVec><<<grid, block, 0, stream>>>(p);
-    else latent_gemv_kernel<T, kUnfold, 8, kVec><<<grid, block, 0, stream>>>(p);
+    if (p.n == 1)
+      latent_gemv_kernel<T, kUnfold, 1, kVec><<<grid, block, 0, stream>>>(p);
+    else if (p.n == 2)
+      latent_gemv_kernel<T, kUnfold, 2, kVec><<<grid, block, 0, stream>>>(p);
+    else if (p.n <= 4)
+      latent_gemv_kernel<T, kUnfold, 4, kVec><<<grid, block, 0, stream>>>(p);
+    else
+      latent_gemv_kernel<T, kUnfold, 8, kVec><<<grid, block, 0, stream>>>(p);
     return cudaGetLastError();
   }
   if constexpr (std::is_same_v<T, float>) {
@@ -439,11 +442,10 @@ cudaError_t launch_latent(const LatentParams& p, cudaStream_t stream) {
   }
   // 16-byte loads need every row start 16-byte aligned: table bases, row lengths and strides.
   const uint64_t elem = sizeof(T);
-  const bool vec = widest_vector_bytes({addr(p.embedding), addr(p.weight), p.h * elem,
-                                        kUnfold ? addr(p.hidden) : 0,
-                                        kUnfold ? p.hidden_stride * elem : 0,
-                                        kUnfold ? addr(p.gamma_e) : 0,
-                                        kUnfold ? addr(p.gamma_h) : 0}) == 16;
+  const bool vec =
+      widest_vector_bytes({addr(p.embedding), addr(p.weight), p.h * elem,
+                           kUnfold ? addr(p.hidden) : 0, kUnfold ? p.hidden_stride * elem : 0,
+                           kUnfold ? addr(p.gamma_e) : 0, kUnfold ? addr(p.gamma_h) : 0}) == 16;
   constexpr int kVec = 16 / sizeof(T);
   return vec ? launch_gemm<T, kUnfold, kVec>(p, stream) : launch_gemm<T, kUnfold, 1>(p, stream);
 }

@@ -1,0 +1,165 @@
+"""Benchmark kv_cache_append and kv_cache_compact on every available backend.
+
+Baseline: the code a user would write, `index_copy_` on the flattened cache (append) and an
+index-gather + index_put_ (compaction). Reported per row: median time, effective bandwidth (bytes
+read + written), ratio to the baseline measured in the same run (>1 = faster) and fraction of the
+copy bandwidth measured in the same run.
+
+    python -m benchmarks.bench_kv_cache            # full sweep
+    python -m benchmarks.bench_kv_cache --quick    # a couple of minutes on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from functools import partial
+
+import torch
+
+import pipo_kernels
+from benchmarks.common import (
+    PRESETS,
+    copy_bandwidth_gbs,
+    format_table,
+    progress,
+    time_fn,
+    write_results,
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PAGE_SIZE = 16
+
+
+def make_append(preset: str, tokens: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    p = PRESETS[preset]
+    heads, dim = p["kv_heads"], p["head_dim"]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    num_pages = 2 * (tokens + PAGE_SIZE - 1) // PAGE_SIZE + 1
+    k_cache = torch.randn(num_pages, PAGE_SIZE, heads, dim, generator=g).to(dtype).to(device)
+    v_cache = torch.randn_like(k_cache)
+    key = torch.randn(tokens, heads, dim, generator=g).to(dtype).to(device)
+    value = torch.randn_like(key)
+    # Scattered destinations, as a batch of sequences on a fragmented page pool would give.
+    slots = torch.randperm(num_pages * PAGE_SIZE, generator=g)[:tokens].to(device)
+    return key, value, k_cache, v_cache, slots
+
+
+def baseline_append(key, value, k_cache, v_cache, slots):
+    heads, dim = k_cache.shape[2], k_cache.shape[3]
+    k_cache.view(-1, heads, dim).index_copy_(0, slots, key)
+    v_cache.view(-1, heads, dim).index_copy_(0, slots, value)
+
+
+def baseline_compact(k_cache, v_cache, src, dst):
+    for cache in (k_cache, v_cache):
+        rows = cache.view(-1, cache.shape[2], cache.shape[3])
+        rows.index_put_((dst,), rows.index_select(0, src))
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    backends = [
+        b
+        for b in pipo_kernels.available_backends("kv_cache_append", device)
+        if not (b == "triton" and device.type == "cpu" and not args.triton)
+    ]
+    copy_gbs = copy_bandwidth_gbs(device)
+    print(
+        f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | backends {backends}"
+    )
+    presets = args.presets or (["tiny", "llama3-8b"] if args.quick else list(PRESETS))
+    token_counts = args.tokens or ([1, 256, 4096] if args.quick else [1, 16, 256, 4096, 16384])
+    budget = 0.2 if args.quick else 0.5
+    rows = []
+
+    def measure(op, preset, tokens, moved, baseline, kernel):
+        base = time_fn(baseline, device, budget_s=budget)
+        for backend in backends:
+            t = time_fn(partial(kernel, backend=backend), device, budget_s=budget)
+            gbs = moved / (t.median_ms * 1e-3) / 1e9
+            rows.append(
+                dict(
+                    op=op,
+                    preset=preset,
+                    tokens=tokens,
+                    backend=backend,
+                    us=t.median_ms * 1e3,
+                    baseline_us=base.median_ms * 1e3,
+                    gbs=gbs,
+                    vs_baseline=base.median_ms / t.median_ms,
+                    frac_copy_bw=gbs / copy_gbs,
+                    runs=t.runs,
+                )
+            )
+
+    for preset, tokens in progress(list(itertools.product(presets, token_counts)), desc="kv_cache"):
+        key, value, k_cache, v_cache, slots = make_append(preset, tokens, dtype, device)
+        row_bytes = key[0].numel() * key.element_size()
+        tensors = (key, value, k_cache, v_cache, slots)
+        # K and V rows, each read once and written once.
+        measure(
+            "append",
+            preset,
+            tokens,
+            4 * tokens * row_bytes,
+            partial(baseline_append, *tensors),
+            partial(pipo_kernels.kv_cache_append, *tensors),
+        )
+        if tokens >= 2:  # move half of the new rows one slot along their (overlapping) slots
+            m = tokens // 2
+            cargs = (k_cache, v_cache, slots[:m].contiguous(), slots[1 : m + 1].contiguous())
+            measure(
+                "compact",
+                preset,
+                m,
+                4 * m * row_bytes,
+                partial(baseline_compact, *cargs),
+                partial(pipo_kernels.kv_cache_compact, *cargs),
+            )
+    path = write_results(
+        "kv_cache",
+        device,
+        rows,
+        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
+        out_dir=args.out,
+    )
+    print(
+        format_table(
+            rows,
+            [
+                ("op", "op", ""),
+                ("preset", "preset", ""),
+                ("tokens", "tokens", "d"),
+                ("backend", "backend", ""),
+                ("us", "median µs", ".1f"),
+                ("baseline_us", "baseline µs", ".1f"),
+                ("gbs", "GB/s", ".1f"),
+                ("vs_baseline", "x baseline", ".2f"),
+                ("frac_copy_bw", "of copy BW", ".0%"),
+            ],
+        )
+    )
+    print(f"results: {path}")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16")
+    parser.add_argument("--presets", nargs="*", choices=list(PRESETS))
+    parser.add_argument("--tokens", nargs="*", type=int)
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
+    parser.add_argument(
+        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
+    )
+    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Run every op benchmark (benchmarks/bench_*.py) and write a markdown summary of the results.
+
+    python -m benchmarks.run_all [--quick] [--out DIR] [--only kv_cache latent ...]
+
+Each benchmark writes its JSON to DIR (default benchmarks/results/<device>/); the summary
+(SUMMARY.md in the same folder) is generated from those JSON files by benchmarks.summarize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import summarize
+from benchmarks.common import RESULTS_DIR, device_name, progress
+
+HERE = Path(__file__).resolve().parent
+
+
+def discover() -> list[str]:
+    """Names of the op benchmarks: bench_<name>.py -> <name>."""
+    return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="each benchmark's quick preset")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default benchmarks/results/<device>/)"
+    )
+    parser.add_argument("--only", nargs="*", help="run only these benchmarks (names after bench_)")
+    args = parser.parse_args(argv)
+    out = args.out or RESULTS_DIR / device_name(torch.device(args.device))
+    names = [n for n in discover() if not args.only or n in args.only]
+    failures = []
+    for name in progress(names, desc="benchmarks"):
+        t0 = time.perf_counter()
+        print(f"\n## {name}", flush=True)
+        bench_argv = ["--device", args.device, "--out", str(out)] + (
+            ["--quick"] if args.quick else []
+        )
+        try:
+            importlib.import_module(f"benchmarks.bench_{name}").main(bench_argv)
+        except Exception as exc:  # one failing benchmark must not hide the others' results
+            failures.append(name)
+            print(f"benchmark {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"({name}: {time.perf_counter() - t0:.0f} s)")
+    summary = summarize.write_summary(out)
+    print(f"\nsummary: {summary}")
+    if failures:
+        print(f"failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
