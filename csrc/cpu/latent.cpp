@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -48,12 +49,12 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Rows x outputs of one register tile, and the cache blocks around it: a block of kBlockRows rows
 // times kBlockOut outputs accumulates in a float tile over chunks of kChunk columns, so the A rows
-// of a chunk stay in L1 and the weight block of a chunk in L2.
+// of a chunk stay in L1 (4 x 1024 x 4 bytes at most) and the weight block of a chunk in L2.
 constexpr int kTileRows = 4;
 constexpr int kTileOut = 4;
 constexpr int64_t kBlockRows = 64;
 constexpr int64_t kBlockOut = 64;
-constexpr int64_t kChunk = 512;
+constexpr int64_t kChunk = 1024;
 constexpr int64_t kAccStride = kBlockOut;
 
 struct Problem {
@@ -93,6 +94,7 @@ namespace avx512 {
 struct Vec {
   using V = __m512;
   static constexpr int kWidth = 16;
+  static constexpr bool kPairDot = false;
   static inline __attribute__((always_inline)) V zero() { return _mm512_setzero_ps(); }
   static inline __attribute__((always_inline)) V load(const float* p) { return _mm512_loadu_ps(p); }
   static inline __attribute__((always_inline)) V load(const Bf16* p) {
@@ -112,6 +114,32 @@ struct Vec {
 #include "latent_tiles.h"
 
 }  // namespace avx512
+
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+// AVX-512 plus the bfloat16 dot product (Zen 4, Cooper Lake, Sapphire Rapids and later).
+namespace avx512_bf16 {
+
+struct Vec : avx512::Vec {
+  using P = __m512bh;  // 32 bfloat16
+  static constexpr bool kPairDot = true;
+  static inline __attribute__((always_inline)) P load_pairs(const Bf16* p) {
+    return reinterpret_cast<P>(_mm512_loadu_si512(p));
+  }
+  // Rounds lo (elements 0-15) and hi (16-31) to bfloat16, nearest even.
+  static inline __attribute__((always_inline)) P to_pairs(V lo, V hi) {
+    return _mm512_cvtne2ps_pbh(hi, lo);
+  }
+  static inline __attribute__((always_inline)) V pair_dot(P a, P b, V c) {
+    return _mm512_dpbf16_ps(c, a, b);
+  }
+};
+
+#include "latent_tiles.h"
+
+}  // namespace avx512_bf16
+#pragma GCC pop_options
+
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
@@ -122,6 +150,7 @@ namespace generic {
 struct Vec {
   using V = float;
   static constexpr int kWidth = 1;
+  static constexpr bool kPairDot = false;
   static V zero() { return 0.0f; }
   template <typename T>
   static V load(const T* p) {
@@ -135,6 +164,15 @@ struct Vec {
 #include "latent_tiles.h"
 
 }  // namespace generic
+
+bool cpu_has_avx512_bf16() {
+#ifdef PIPO_LATENT_AVX512
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
 
 bool cpu_has_avx512() {
 #ifdef PIPO_LATENT_AVX512
@@ -156,8 +194,11 @@ void run(const Problem& p) {
   const int64_t task_macs = std::min(p.n, kBlockRows) * kBlockOut * 2 * p.h;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(task_macs, 1));
   const bool avx512 = cpu_has_avx512();
+  const bool bf16_dot = std::is_same_v<T, Bf16> && avx512 && cpu_has_avx512_bf16();
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
 #ifdef PIPO_LATENT_AVX512
+    if constexpr (std::is_same_v<T, Bf16>)
+      if (bf16_dot) return avx512_bf16::run_blocks<T, kNorm>(p, begin, end);
     if (avx512) return avx512::run_blocks<T, kNorm>(p, begin, end);
 #endif
     generic::run_blocks<T, kNorm>(p, begin, end);

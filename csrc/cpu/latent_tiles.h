@@ -18,6 +18,32 @@ inline __attribute__((always_inline)) void tile_dot(const T* const* a, const T* 
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < kTileOut; ++j) sum[r][j] = Vec::zero();
   int64_t k = 0;
+  // VecT: Vec as a name that depends on T, so the pair members are only looked up when used.
+  using VecT = std::conditional_t<sizeof(T) != 0, Vec, void>;
+  if constexpr (Vec::kPairDot && std::is_same_v<T, Bf16>) {
+    // Pairs of bfloat16 products straight into float32 sums: no conversion of the weight, half
+    // the instructions. Norm-weighted rows are rounded to bfloat16 first, as an eager RMSNorm's
+    // output would be.
+    constexpr int kStep = 2 * Vec::kWidth;
+    for (; k + kStep <= len; k += kStep) {
+      typename VecT::P wv[kTileOut];
+      for (int j = 0; j < kTileOut; ++j) wv[j] = VecT::load_pairs(w[j] + k);
+      typename VecT::V g0, g1;
+      if constexpr (kNorm) {
+        g0 = Vec::load(gamma + k);
+        g1 = Vec::load(gamma + k + Vec::kWidth);
+      }
+      for (int r = 0; r < R; ++r) {
+        typename VecT::P av;
+        if constexpr (kNorm)
+          av = VecT::to_pairs(Vec::mul(Vec::load(a[r] + k), g0),
+                              Vec::mul(Vec::load(a[r] + k + Vec::kWidth), g1));
+        else
+          av = VecT::load_pairs(a[r] + k);
+        for (int j = 0; j < kTileOut; ++j) sum[r][j] = VecT::pair_dot(av, wv[j], sum[r][j]);
+      }
+    }
+  }
   for (; k + Vec::kWidth <= len; k += Vec::kWidth) {
     typename Vec::V wv[kTileOut];
     for (int j = 0; j < kTileOut; ++j) wv[j] = Vec::load(w[j] + k);
