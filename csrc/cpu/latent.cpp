@@ -104,6 +104,8 @@ struct Vec {
   static inline __attribute__((always_inline)) V load(const Fp16* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
+  static inline __attribute__((always_inline)) V set1(float x) { return _mm512_set1_ps(x); }
+  static inline __attribute__((always_inline)) void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static inline __attribute__((always_inline)) V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static inline __attribute__((always_inline)) V fma(V a, V b, V c) {
     return _mm512_fmadd_ps(a, b, c);
@@ -125,6 +127,9 @@ struct Vec : avx512::Vec {
   static constexpr bool kPairDot = true;
   static inline __attribute__((always_inline)) P load_pairs(const Bf16* p) {
     return reinterpret_cast<P>(_mm512_loadu_si512(p));
+  }
+  static inline __attribute__((always_inline)) void store_pairs(Bf16* p, P v) {
+    _mm512_storeu_si512(p, reinterpret_cast<__m512i>(v));
   }
   // Rounds lo (elements 0-15) and hi (16-31) to bfloat16, nearest even.
   static inline __attribute__((always_inline)) P to_pairs(V lo, V hi) {
@@ -156,6 +161,8 @@ struct Vec {
   static V load(const T* p) {
     return to_float(*p);
   }
+  static V set1(float x) { return x; }
+  static void store(float* p, V v) { *p = v; }
   static V mul(V a, V b) { return a * b; }
   static V fma(V a, V b, V c) { return a * b + c; }
   static float reduce(V a) { return a; }
@@ -237,9 +244,24 @@ void gather_rows(const at::Tensor& ids, const at::Tensor& table, int64_t every, 
     row_pointers<int64_t>(ids, table, table.stride(0), every, first, dst);
 }
 
-std::vector<float> to_float_vector(const at::Tensor& t) {
-  const at::Tensor f = t.to(at::kFloat).contiguous();
-  return std::vector<float>(f.data_ptr<float>(), f.data_ptr<float>() + f.numel());
+// Appends a contiguous float tensor's values as float32 (plain loops: a torch conversion costs
+// more than the whole decode-sized GEMM of a small model).
+void append_floats(const at::Tensor& t, std::vector<float>& dst) {
+  const int64_t n = t.numel();
+  const size_t at0 = dst.size();
+  dst.resize(at0 + n);
+  float* out = dst.data() + at0;
+  const void* src = t.data_ptr();
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      std::memcpy(out, src, n * sizeof(float));
+      break;
+    case at::kBFloat16:
+      for (int64_t i = 0; i < n; ++i) out[i] = to_float(static_cast<const Bf16*>(src)[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) out[i] = to_float(static_cast<const Fp16*>(src)[i]);
+  }
 }
 
 // 1 / sqrt(mean(x^2) + eps) of one row, in float32.
@@ -278,7 +300,7 @@ at::Tensor fold_pairs_cpu(const at::Tensor& pair_ids, const at::Tensor& embeddin
   std::vector<const void*> src(2 * n);
   gather_rows(pair_ids, embedding, 2, 0, src.data());
   std::vector<float> bias_f;
-  if (bias.has_value()) bias_f = to_float_vector(*bias);
+  if (bias.has_value()) append_floats(*bias, bias_f);
   Problem p{src.data(),
             nullptr,
             nullptr,
@@ -310,7 +332,9 @@ at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidde
   const auto* hid = static_cast<const char*>(hidden.data_ptr());
   for (int64_t i = 0; i < n; ++i)
     src[2 * i + 1] = hid + i * hidden.stride(0) * hidden.element_size();
-  std::vector<float> gamma = to_float_vector(at::cat({embed_norm_weight, hidden_norm_weight}));
+  std::vector<float> gamma;
+  append_floats(embed_norm_weight, gamma);
+  append_floats(hidden_norm_weight, gamma);
   std::vector<float> scale(2 * n);
   switch (embedding.scalar_type()) {
     case at::kFloat:
