@@ -137,7 +137,8 @@ template <typename T, bool kNorm>
 void run_blocks(const Problem& p, int64_t task_begin, int64_t task_end) {
   using S = StagedOf<T>;
   alignas(64) float acc[kBlockRows * kAccStride];
-  std::vector<S> staged(kNorm ? kBlockRows * kChunk : 0);
+  // Uninitialised, and only as large as the rows of one block: small calls stay off mmap.
+  const std::unique_ptr<S[]> staged(kNorm ? new S[std::min(p.n, kBlockRows) * kChunk] : nullptr);
   const S* staged_rows[kBlockRows];
   const T* table_rows[kBlockRows];
   const int64_t row_blocks = ceil_div(p.n, kBlockRows);
@@ -151,8 +152,8 @@ void run_blocks(const Problem& p, int64_t task_begin, int64_t task_end) {
       for (int64_t k0 = 0; k0 < p.h; k0 += kChunk) {
         const int64_t len = std::min(kChunk, p.h - k0);
         if constexpr (kNorm) {
-          stage_rows<T>(p, row0, rows, half, k0, len, staged.data());
-          for (int64_t r = 0; r < rows; ++r) staged_rows[r] = staged.data() + r * kChunk;
+          stage_rows<T>(p, row0, rows, half, k0, len, staged.get());
+          for (int64_t r = 0; r < rows; ++r) staged_rows[r] = staged.get() + r * kChunk;
           block_chunk_all<S, T>(p, staged_rows, rows, out0, outs, half, k0, len, acc);
         } else {
           for (int64_t r = 0; r < rows; ++r)
