@@ -9,19 +9,38 @@
 namespace pipo {
 namespace {
 
+int multiprocessors(const at::Device& device) {
+  int sms = 0;
+  const cudaError_t err =
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index());
+  TORCH_CHECK(err == cudaSuccess, "cudaDeviceGetAttribute failed: ", cudaGetErrorString(err));
+  return sms;
+}
+
+template <typename T, bool kUnfold>
+cudaError_t launch_typed(LatentParams p, const at::Tensor& like) {
+  // K-split partial sums from the caching allocator: sized by shapes only, no sync.
+  p.splits = latent_split_k<T>(p, multiprocessors(like.device()));
+  at::Tensor partial;
+  if (p.splits > 1) {
+    partial = at::empty({p.splits, p.n, p.o}, like.options().dtype(at::kFloat));
+    p.partial = partial.data_ptr<float>();
+  }
+  return launch_latent<T, kUnfold>(p, c10::cuda::getCurrentCUDAStream());
+}
+
 template <bool kUnfold>
-void launch(const LatentParams& p, at::ScalarType dtype, const char* op) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+void launch(const LatentParams& p, const at::Tensor& like, const char* op) {
   cudaError_t err;
-  switch (dtype) {
+  switch (like.scalar_type()) {
     case at::kFloat:
-      err = launch_latent<float, kUnfold>(p, stream);
+      err = launch_typed<float, kUnfold>(p, like);
       break;
     case at::kHalf:
-      err = launch_latent<__half, kUnfold>(p, stream);
+      err = launch_typed<__half, kUnfold>(p, like);
       break;
     default:
-      err = launch_latent<__nv_bfloat16, kUnfold>(p, stream);
+      err = launch_typed<__nv_bfloat16, kUnfold>(p, like);
   }
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
@@ -49,7 +68,7 @@ at::Tensor fold_pairs_cuda(const at::Tensor& pair_ids, const at::Tensor& embeddi
   p.h = embedding.size(1);
   p.o = weight.size(0);
   p.silu = parse_activation(activation);
-  launch<false>(p, embedding.scalar_type(), "fold_pairs");
+  launch<false>(p, embedding, "fold_pairs");
   return out;
 }
 
@@ -81,7 +100,7 @@ at::Tensor unfold_input_cuda(const at::Tensor& token_ids, const at::Tensor& hidd
   p.h = embedding.size(1);
   p.o = weight.size(0);
   p.eps = static_cast<float>(eps);
-  launch<true>(p, embedding.scalar_type(), "unfold_input");
+  launch<true>(p, embedding, "unfold_input");
   return out;
 }
 

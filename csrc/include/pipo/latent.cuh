@@ -12,7 +12,9 @@
 //    registers; the few A rows are re-read from L1/L2.
 //  - prefill: bound by the matrix units. A tiled GEMM (tensor-core WMMA for float16/bfloat16,
 //    a CUDA-core tile for float32) with the gather and the norm applied while the A tile is
-//    staged in shared memory, and the next tile prefetched into registers meanwhile.
+//    staged in shared memory, and the next tile prefetched into registers meanwhile. When the
+//    tiles alone cannot fill the GPU (decode-sized batches of 9-256 rows), K is split across
+//    blocks and a small kernel adds the [splits, N, O] float partial sums.
 // A token id outside [0, V) is never followed: its row reads as zeros.
 #pragma once
 
@@ -40,6 +42,8 @@ struct LatentParams {
   const void* weight;   // [O, 2H]
   const void* bias;     // fold: [O] or nullptr
   void* out;            // [N, O]
+  float* partial;       // tiled kernels with splits > 1: [splits, N, O] float partial sums
+  int splits;           // tiled kernels: blocks along K (1 = no split); see latent_split_k
   int64_t n, v, h, o;
   float eps;
   bool silu;
@@ -191,6 +195,29 @@ __global__ void __launch_bounds__(kGemvWarps * 32) latent_gemv_kernel(LatentPara
   }
 }
 
+// Writes one tiled-kernel result: the finished value, or with a K split this block's raw partial
+// sum (every block of the split writes its slot, so the reduction needs no zeroed workspace).
+template <typename T>
+__device__ __forceinline__ void store_result(const LatentParams& p, T* out, int64_t m, int64_t o,
+                                             float v) {
+  if (p.splits == 1)
+    out[m * p.o + o] = from_f<T>(finish<T>(p, v, o));
+  else
+    p.partial[(blockIdx.z * p.n + m) * p.o + o] = v;
+}
+
+// out[m, o] = finish(sum over splits of partial[s, m, o]); a grid-stride loop over N * O.
+template <typename T>
+__global__ void __launch_bounds__(256) latent_split_reduce_kernel(LatentParams p) {
+  const int64_t total = p.n * p.o;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < p.splits; ++s) v += p.partial[s * total + i];
+    static_cast<T*>(p.out)[i] = from_f<T>(finish<T>(p, v, i % p.o));
+  }
+}
+
 // Stages the A tile (rows m0.., columns k0.. of one half) and the W tile into registers:
 // kPerThread vectors of kVec elements each, A already multiplied by gamma * scale (unfold).
 // Elements past N, O or H, and rows of out-of-range ids, are zeros.
@@ -270,7 +297,10 @@ __global__ void __launch_bounds__((kBM / kWM) * (kBN / kWN) * 32)
   const int warp = threadIdx.x / 32;
   const int wm = warp / kWarpsN, wn = warp % kWarpsN;
   const int64_t tiles_per_half = ceil_div<int64_t>(p.h, kBK);
-  const int64_t tiles = 2 * tiles_per_half;
+  const int64_t per_split = ceil_div<int64_t>(2 * tiles_per_half, p.splits);
+  const int64_t t_begin = blockIdx.z * per_split;
+  const int64_t t_end =
+      t_begin + per_split < 2 * tiles_per_half ? t_begin + per_split : 2 * tiles_per_half;
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFM][kFN];
 #pragma unroll
@@ -284,13 +314,15 @@ __global__ void __launch_bounds__((kBM / kWM) * (kBN / kWN) * 32)
     a_loader.load(p, true, m0, half, k0);
     w_loader.load(p, false, n0, half, k0);
   };
-  stage(0);
-  a_loader.store(smem[0], kLd);
-  w_loader.store(smem[0] + kBM * kLd, kLd);
+  if (t_begin < t_end) {
+    stage(t_begin);
+    a_loader.store(smem[t_begin & 1], kLd);
+    w_loader.store(smem[t_begin & 1] + kBM * kLd, kLd);
+  }
   __syncthreads();
-  for (int64_t t = 0; t < tiles; ++t) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
     const int buf = static_cast<int>(t & 1);
-    if (t + 1 < tiles) stage(t + 1);  // global loads in flight during the MMAs below
+    if (t + 1 < t_end) stage(t + 1);  // global loads in flight during the MMAs below
     const T* a_tile = smem[buf] + wm * kWM * kLd;
     const T* w_tile = smem[buf] + kBM * kLd + wn * kWN * kLd;
 #pragma unroll
@@ -306,7 +338,7 @@ __global__ void __launch_bounds__((kBM / kWM) * (kBN / kWN) * 32)
 #pragma unroll
         for (int j = 0; j < kFN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
     }
-    if (t + 1 < tiles) {
+    if (t + 1 < t_end) {
       // The other buffer was last read in iteration t - 1, before that iteration's barrier.
       a_loader.store(smem[buf ^ 1], kLd);
       w_loader.store(smem[buf ^ 1] + kBM * kLd, kLd);
@@ -328,7 +360,7 @@ __global__ void __launch_bounds__((kBM / kWM) * (kBN / kWN) * 32)
       for (int e = lane; e < 256; e += 32) {
         const int64_t m = m0 + wm * kWM + i * 16 + e / 16;
         const int64_t o = n0 + wn * kWN + j * 16 + e % 16;
-        if (m < p.n && o < p.o) out[m * p.o + o] = from_f<T>(finish<T>(p, scratch[e], o));
+        if (m < p.n && o < p.o) store_result<T>(p, out, m, o, scratch[e]);
       }
       __syncwarp();
     }
@@ -348,8 +380,12 @@ __global__ void __launch_bounds__(256) latent_f32_tile_kernel(LatentParams p) {
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t tiles_per_half = ceil_div<int64_t>(p.h, kBK);
+  const int64_t per_split = ceil_div<int64_t>(2 * tiles_per_half, p.splits);
+  const int64_t t_begin = blockIdx.z * per_split;
+  const int64_t t_end =
+      t_begin + per_split < 2 * tiles_per_half ? t_begin + per_split : 2 * tiles_per_half;
   float acc[4][4] = {};
-  for (int64_t t = 0; t < 2 * tiles_per_half; ++t) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
     const int half = static_cast<int>(t / tiles_per_half);
     const int64_t k0 = (t % tiles_per_half) * kBK;
     a_loader.load(p, true, m0, half, k0);
@@ -388,9 +424,19 @@ __global__ void __launch_bounds__(256) latent_f32_tile_kernel(LatentParams p) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t o = n0 + tx * 4 + j;
-      if (m < p.n && o < p.o) out[m * p.o + o] = finish<float>(p, acc[i][j], o);
+      if (m < p.n && o < p.o) store_result<float>(p, out, m, o, acc[i][j]);
     }
   }
+}
+
+// Block tile of the tiled kernels: float32 64 x 64 (K step 16); float16/bfloat16 32 x 64 for
+// decode-sized batches (N <= 256, more blocks to stream the weight), 128 x 128 beyond (K step 32).
+struct TiledShape {
+  int bm, bn, bk;
+};
+inline TiledShape tiled_shape(const LatentParams& p, bool is_float) {
+  if (is_float) return {64, 64, 16};
+  return p.n <= 256 ? TiledShape{32, 64, 32} : TiledShape{128, 128, 32};
 }
 
 template <typename T, bool kUnfold, int kVec>
@@ -408,20 +454,22 @@ cudaError_t launch_gemm(const LatentParams& p, cudaStream_t stream) {
       latent_gemv_kernel<T, kUnfold, 8, kVec><<<grid, block, 0, stream>>>(p);
     return cudaGetLastError();
   }
+  const TiledShape shape = tiled_shape(p, std::is_same_v<T, float>);
+  const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(p.o, shape.bn)),
+                  static_cast<unsigned>(ceil_div<int64_t>(p.n, shape.bm)),
+                  static_cast<unsigned>(p.splits));
   if constexpr (std::is_same_v<T, float>) {
-    const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(p.o, 64)),
-                    static_cast<unsigned>(ceil_div<int64_t>(p.n, 64)));
     latent_f32_tile_kernel<kUnfold, kVec><<<grid, 256, 0, stream>>>(p);
-  } else if (p.n <= 256) {
-    // Decode-sized batches: narrow tiles, so that enough blocks stream the weight at once.
-    const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(p.o, 64)),
-                    static_cast<unsigned>(ceil_div<int64_t>(p.n, 32)));
+  } else if (shape.bm == 32) {
     latent_mma_kernel<T, kUnfold, 32, 64, 32, 16, kVec><<<grid, 128, 0, stream>>>(p);
   } else {
-    const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(p.o, 128)),
-                    static_cast<unsigned>(ceil_div<int64_t>(p.n, 128)));
     latent_mma_kernel<T, kUnfold, 128, 128, 64, 32, kVec><<<grid, 256, 0, stream>>>(p);
   }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || p.splits == 1) return err;
+  const int64_t blocks = ceil_div<int64_t>(p.n * p.o, 256);
+  latent_split_reduce_kernel<T>
+      <<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -429,8 +477,25 @@ inline uint64_t addr(const void* ptr) { return reinterpret_cast<uint64_t>(ptr); 
 
 }  // namespace latent_detail
 
+// Blocks along K for the tiled kernels: enough blocks for two waves over `sms` multiprocessors,
+// at most 8 splits and at least 8 K tiles per split. The caller allocates p.partial with
+// splits * N * O floats when this returns more than 1.
+template <typename T>
+int latent_split_k(const LatentParams& p, int sms) {
+  using namespace latent_detail;
+  if (p.n <= kGemvMaxRows || p.o == 0) return 1;
+  const TiledShape shape = tiled_shape(p, std::is_same_v<T, float>);
+  const int64_t blocks = ceil_div<int64_t>(p.o, shape.bn) * ceil_div<int64_t>(p.n, shape.bm);
+  const int64_t tiles = 2 * ceil_div<int64_t>(p.h, shape.bk);
+  int64_t splits = ceil_div<int64_t>(2 * static_cast<int64_t>(sms), blocks);
+  splits = splits < 8 ? splits : 8;
+  splits = splits < tiles / 8 ? splits : tiles / 8;
+  return splits > 1 ? static_cast<int>(splits) : 1;
+}
+
 // Launches fold_pairs (kUnfold = false) or unfold_input (true) on `stream`; T is float, __half
-// or __nv_bfloat16. For unfold, p.scale must hold N * 2 floats. Never synchronises.
+// or __nv_bfloat16. For unfold, p.scale must hold N * 2 floats; p.splits (>= 1) and p.partial
+// as chosen with latent_split_k. Never synchronises.
 template <typename T, bool kUnfold>
 cudaError_t launch_latent(const LatentParams& p, cudaStream_t stream) {
   using namespace latent_detail;
