@@ -55,9 +55,12 @@ inline __attribute__((always_inline)) void tile_dot(const TA* const* a, const TW
       for (int r = 0; r < R; ++r) tail[r][j] += to_float(a[r][k]) * wk;
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kTileOut; ++j)
-      acc[r * acc_stride + j] += Vec::reduce(sum[r][j]) + tail[r][j];
+  static_assert(kTileOut == 4, "Vec::reduce4 sums four accumulators at once");
+  for (int r = 0; r < R; ++r) {
+    float sums[kTileOut];
+    Vec::reduce4(sum[r], sums);
+    for (int j = 0; j < kTileOut; ++j) acc[r * acc_stride + j] += sums[j] + tail[r][j];
+  }
 }
 
 // Every R-row tile of `rows` A rows (pointers already at the chunk's first column) against the
