@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+#include <tuple>
+
 namespace pipo {
 
 void kv_cache_append_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
@@ -16,6 +19,20 @@ at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidde
                             const at::Tensor& embedding, const at::Tensor& embed_norm_weight,
                             const at::Tensor& hidden_norm_weight, const at::Tensor& weight,
                             double eps);
+std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
+    const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
+    int64_t num_splits);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cpu(const at::Tensor& draft_tokens,
+                                                               const at::Tensor& parents,
+                                                               const at::Tensor& q_indptr,
+                                                               const at::Tensor& target_tokens,
+                                                               int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cpu(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth);
 
 #ifdef PIPO_WITH_CUDA
 void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
@@ -29,6 +46,20 @@ at::Tensor unfold_input_cuda(const at::Tensor& token_ids, const at::Tensor& hidd
                              const at::Tensor& embedding, const at::Tensor& embed_norm_weight,
                              const at::Tensor& hidden_norm_weight, const at::Tensor& weight,
                              double eps);
+std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
+    const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
+    int64_t num_splits);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(const at::Tensor& draft_tokens,
+                                                                const at::Tensor& parents,
+                                                                const at::Tensor& q_indptr,
+                                                                const at::Tensor& target_tokens,
+                                                                int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cuda(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth);
 #endif
 
 }  // namespace pipo

@@ -31,6 +31,20 @@ TORCH_LIBRARY(pipo, m) {
   m.def(
       "unfold_input(Tensor token_ids, Tensor hidden, Tensor embedding, Tensor embed_norm_weight, "
       "Tensor hidden_norm_weight, Tensor weight, float eps) -> Tensor");
+  // Ragged query blocks attend over the paged cache (causal or tree mask) -> (out, lse or [0]).
+  m.def(
+      "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+      "Tensor kv_lens, Tensor q_indptr, Tensor? tree_mask=None, float? sm_scale=None, "
+      "bool return_lse=False, int num_splits=0) -> (Tensor, Tensor)");
+  // Greedy draft-tree verification: accepted path, its length and the bonus token per sequence.
+  m.def(
+      "verify_tree(Tensor draft_tokens, Tensor parents, Tensor q_indptr, Tensor target_tokens, "
+      "int max_depth) -> (Tensor accept_len, Tensor accept_index, Tensor bonus_token)");
+  // Speculative sampling on a draft tree (target distribution preserved), counter-based RNG.
+  m.def(
+      "verify_tree_stochastic(Tensor draft_tokens, Tensor parents, Tensor q_indptr, "
+      "Tensor draft_probs, Tensor target_probs, Tensor seeds, Tensor offsets, int max_depth) "
+      "-> (Tensor accept_len, Tensor accept_index, Tensor bonus_token)");
 }
 
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
@@ -38,6 +52,9 @@ TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cpu);
   m.impl("fold_pairs", &pipo::fold_pairs_cpu);
   m.impl("unfold_input", &pipo::unfold_input_cpu);
+  m.impl("paged_attention", &pipo::paged_attention_cpu);
+  m.impl("verify_tree", &pipo::verify_tree_cpu);
+  m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cpu);
 }
 
 #ifdef PIPO_WITH_CUDA
@@ -46,5 +63,8 @@ TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cuda);
   m.impl("fold_pairs", &pipo::fold_pairs_cuda);
   m.impl("unfold_input", &pipo::unfold_input_cuda);
+  m.impl("paged_attention", &pipo::paged_attention_cuda);
+  m.impl("verify_tree", &pipo::verify_tree_cuda);
+  m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cuda);
 }
 #endif

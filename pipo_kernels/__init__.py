@@ -32,8 +32,10 @@ from ._backend import (  # noqa: E402
     triton_importable,
     triton_interpreting,
 )
+from .attention import paged_attention  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
 from .latent import fold_pairs, unfold_input  # noqa: E402
+from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
 
 if triton_importable():
     from . import triton  # noqa: F401  (registers torch.ops.pipo.*_triton)
@@ -45,8 +47,11 @@ __all__ = [
     "fold_pairs",
     "kv_cache_append",
     "kv_cache_compact",
+    "paged_attention",
     "reference",
     "resolve",
     "triton_interpreting",
     "unfold_input",
+    "verify_tree",
+    "verify_tree_stochastic",
 ]

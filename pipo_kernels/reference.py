@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fold_pairs", "kv_cache_append", "kv_cache_compact", "rms_norm", "unfold_input"]
+__all__ = [
+    "fold_pairs",
+    "kv_cache_append",
+    "kv_cache_compact",
+    "paged_attention",
+    "rms_norm",
+    "unfold_input",
+]
 
 
 def _rows(cache: torch.Tensor) -> torch.Tensor:
@@ -40,6 +47,236 @@ def kv_cache_compact(
     for cache in (k_cache, v_cache):
         rows = _rows(cache)
         rows[dst] = rows[src].clone()
+
+
+def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` logical positions of one sequence: [length, Hkv, D], read through its
+    block-table row ([max_pages] int32)."""
+    page_size = cache.shape[1]
+    pos = torch.arange(length, device=cache.device)
+    slots = block_table_row.long()[pos // page_size] * page_size + pos % page_size
+    return cache.reshape(-1, cache.shape[2], cache.shape[3])[slots]
+
+
+def attention_mask(
+    q_len: int, kv_len: int, tree_mask: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """[q_len, kv_len] bool: which cached positions each of a sequence's queries sees. The queries
+    are the last q_len positions; `tree_mask` is that sequence's [q_len, M] slice (or None: causal)."""
+    prefix = kv_len - q_len
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    if tree_mask is None:
+        block = torch.ones(q_len, q_len, dtype=torch.bool, device=device).tril()
+    else:
+        block = tree_mask[:, :q_len].bool()
+    mask[:, prefix:] = block
+    return mask
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    q_indptr: torch.Tensor,
+    tree_mask: torch.Tensor | None = None,
+    sm_scale: float | None = None,
+    return_lse: bool = False,
+):
+    """Dense attention of each sequence's queries over its gathered KV with an explicit mask.
+
+    Computes in float32, or float64 when the inputs are float64 (the tests' precise reference).
+    A query that sees no position gets output 0 and log-sum-exp -inf. Returns out [Nq, Hq, D] in
+    q's dtype, and lse [Nq, Hq] (natural log of the summed exp of the scaled scores) when
+    return_lse is set.
+    """
+    n_q, n_heads, head_dim = q.shape
+    group = n_heads // k_cache.shape[2]
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    acc = torch.promote_types(q.dtype, torch.float32)
+    out = torch.zeros(n_q, n_heads, head_dim, dtype=acc, device=q.device)
+    lse = torch.full((n_q, n_heads), float("-inf"), dtype=acc, device=q.device)
+    indptr = q_indptr.tolist()
+    for b, kv_len in enumerate(kv_lens.tolist()):
+        start, end = indptr[b], indptr[b + 1]
+        if end == start:
+            continue
+        k = gather_kv(k_cache, block_table[b], kv_len).to(acc).repeat_interleave(group, dim=1)
+        v = gather_kv(v_cache, block_table[b], kv_len).to(acc).repeat_interleave(group, dim=1)
+        rows = None if tree_mask is None else tree_mask[start:end]
+        mask = attention_mask(end - start, kv_len, rows, q.device)
+        scores = torch.einsum("qhd,khd->hqk", q[start:end].to(acc), k) * scale
+        scores = scores.masked_fill(~mask, float("-inf"))
+        row_lse = torch.logsumexp(scores, dim=-1)  # [H, q_len]; -inf where nothing is seen
+        probs = torch.exp(scores - row_lse.clamp_min(torch.finfo(acc).min).unsqueeze(-1))
+        out[start:end] = torch.einsum("hqk,khd->qhd", probs, v)
+        lse[start:end] = row_lse.transpose(0, 1)
+    out = out.to(q.dtype)
+    return (out, lse.to(torch.promote_types(torch.float32, acc))) if return_lse else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Draft-tree verification (docs/ops_verify.md). Node indices are local to each sequence.
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(z: int) -> int:
+    """The splitmix64 finaliser: a bijection on 64-bit integers with full avalanche."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def verify_stream(seed: int, offset: int) -> int:
+    """The 64-bit stream key of one sequence: mix64(mix64(seed) + offset), modulo 2**64."""
+    return _mix64((_mix64(seed & _MASK64) + offset) & _MASK64)
+
+
+def verify_uniform(key: int, step: int) -> float:
+    """Uniform number `step` (0, 1, ...) of a stream: the top 24 bits of
+    mix64(key + (step + 1) * golden) times 2**-24, so every float32 backend gets the same value."""
+    h = _mix64((key + (step + 1) * _GOLDEN) & _MASK64)
+    return (h >> 40) * 2.0**-24
+
+
+def _tree_children(parents: list[int], n: int) -> list[list[int]]:
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in range(1, n):
+        children[parents[i]].append(i)
+    return children
+
+
+def _verify_outputs(batch: int, max_depth: int):
+    accept_len = torch.zeros(batch, dtype=torch.int32)
+    accept_index = torch.full((batch, max_depth + 1), -1, dtype=torch.int32)
+    bonus_token = torch.full((batch,), -1, dtype=torch.int64)
+    return accept_len, accept_index, bonus_token
+
+
+def verify_tree(
+    draft_tokens: torch.Tensor,
+    parents: torch.Tensor,
+    q_indptr: torch.Tensor,
+    target_tokens: torch.Tensor,
+    max_depth: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy tree verification: node i (i > 0) is accepted when its parent is accepted and
+    draft_tokens[i] == target_tokens[parent]; the deepest accepted node (lowest index on ties)
+    ends the accepted path. Expects valid trees (parents[i] < i, depth <= max_depth)."""
+    batch = q_indptr.shape[0] - 1
+    accept_len, accept_index, bonus_token = _verify_outputs(batch, max_depth)
+    indptr = q_indptr.tolist()
+    for b in range(batch):
+        start, n = indptr[b], indptr[b + 1] - indptr[b]
+        if n <= 0:
+            continue
+        par = parents[start : start + n].tolist()
+        draft = draft_tokens[start : start + n].tolist()
+        target = target_tokens[start : start + n].tolist()
+        accepted, depth = [True] + [False] * (n - 1), [0] * n
+        best = 0
+        for i in range(1, n):
+            p = par[i]
+            depth[i] = depth[p] + 1
+            accepted[i] = accepted[p] and draft[i] == target[p]
+            if accepted[i] and depth[i] > depth[best]:
+                best = i
+        path = [best]
+        while path[-1] != 0:
+            path.append(par[path[-1]])
+        path.reverse()
+        accept_len[b] = len(path) - 1
+        accept_index[b, : len(path)] = torch.tensor(path, dtype=torch.int32)
+        bonus_token[b] = target[best]
+    dev = draft_tokens.device
+    return accept_len.to(dev), accept_index.to(dev), bonus_token.to(dev)
+
+
+def _residual(t: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """max(0, t - scale * q), rounded after the product as the kernels do (no fused multiply-add)."""
+    return torch.clamp(t - scale * q, min=0.0)
+
+
+def _mass(p: torch.Tensor) -> torch.Tensor:
+    """Sum in float64 rounded to float32: close enough to exact that every backend, whatever its
+    summation order, almost always gets the same float32 value."""
+    return p.double().sum().float()
+
+
+def verify_tree_stochastic(
+    draft_tokens: torch.Tensor,
+    parents: torch.Tensor,
+    q_indptr: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs: torch.Tensor,
+    seeds: torch.Tensor,
+    offsets: torch.Tensor,
+    max_depth: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Speculative sampling on a draft tree (Leviathan et al. on chains, SpecInfer's multi-draft
+    rule on branches), with the counter-based uniforms of `verify_uniform`.
+
+    At node u the residual after j rejected children is max(0, t - S_j * q) with t =
+    target_probs[u], q = draft_probs[u] and S_j the sum of the masses of the earlier residuals
+    (S_0 = 0): the closed form of "p <- normalise(max(0, p - q))" that needs no [V] buffer. A
+    child with token x is accepted when r * q[x] * m < max(0, t[x] - S * q[x]) (m = the
+    residual's mass, r the next uniform), i.e. with probability min(1, p[x] / q[x]). The bonus
+    token is the first v whose running (float64) sum of the residual exceeds r * m."""
+    batch = q_indptr.shape[0] - 1
+    vocab = draft_probs.shape[1]
+    accept_len, accept_index, bonus_token = _verify_outputs(batch, max_depth)
+    indptr = q_indptr.tolist()
+    dprobs = draft_probs.detach().cpu().float()
+    tprobs = target_probs.detach().cpu().float()
+    for b in range(batch):
+        start, n = indptr[b], indptr[b + 1] - indptr[b]
+        if n <= 0:
+            continue
+        par = parents[start : start + n].tolist()
+        draft = draft_tokens[start : start + n].tolist()
+        children = _tree_children(par, n)
+        key = verify_stream(int(seeds[b]), int(offsets[b]))
+        step, u, path = 0, 0, [0]
+        # All arithmetic is float32 0-d tensors so the rounding matches the kernels'.
+        while True:
+            t, q = tprobs[start + u], dprobs[start + u]
+            scale = torch.zeros((), dtype=torch.float32)
+            mass = _mass(t)
+            nxt = -1
+            for c in children[u] if len(path) <= max_depth else []:
+                x = draft[c]
+                if not 0 <= x < vocab:
+                    continue
+                r = torch.tensor(verify_uniform(key, step), dtype=torch.float32)
+                step += 1
+                if r * q[x] * mass < _residual(t[x], q[x], scale):
+                    nxt = c
+                    break
+                new_mass = _mass(_residual(t, q, scale + mass))
+                if new_mass > 0:
+                    scale, mass = scale + mass, new_mass
+            if nxt < 0:
+                break
+            u = nxt
+            path.append(u)
+        accept_len[b] = len(path) - 1
+        accept_index[b, : len(path)] = torch.tensor(path, dtype=torch.int32)
+        residual = _residual(tprobs[start + u], dprobs[start + u], scale)
+        target = torch.tensor(verify_uniform(key, step), dtype=torch.float32) * mass
+        hits = (torch.cumsum(residual.double(), 0) > target.double()).nonzero()
+        positive = (residual > 0).nonzero()
+        if hits.numel():
+            bonus_token[b] = int(hits[0])
+        elif positive.numel():
+            bonus_token[b] = int(positive[-1])
+    dev = draft_tokens.device
+    return accept_len.to(dev), accept_index.to(dev), bonus_token.to(dev)
+
+
+__all__ += ["verify_stream", "verify_tree", "verify_tree_stochastic", "verify_uniform"]
 
 
 def fold_pairs(

@@ -4,6 +4,22 @@
 On a machine without a GPU the kernels run under Triton's interpreter when TRITON_INTERPRET=1 is
 set before `import triton` (slow; meant for tests)."""
 
-from . import fold_pairs, kv_cache_append, kv_cache_compact, unfold_input
+from . import (
+    fold_pairs,
+    kv_cache_append,
+    kv_cache_compact,
+    paged_attention,
+    unfold_input,
+    verify_tree,
+    verify_tree_stochastic,
+)
 
-__all__ = ["fold_pairs", "kv_cache_append", "kv_cache_compact", "unfold_input"]
+__all__ = [
+    "fold_pairs",
+    "kv_cache_append",
+    "kv_cache_compact",
+    "paged_attention",
+    "unfold_input",
+    "verify_tree",
+    "verify_tree_stochastic",
+]

@@ -1,0 +1,302 @@
+"""Benchmark paged_attention: decode (one query per sequence) and draft-tree verification (a tree
+mask over the query block) on the paged cache.
+
+Baselines, measured in the same run on the same inputs:
+  * sdpa   — torch scaled_dot_product_attention with a dense boolean mask on KV already gathered
+             into contiguous [B, Hkv, L, D] tensors (enable_gqa); the gather is not timed.
+  * flex   — torch FlexAttention (compiled) with a block mask built from the same tree/causal
+             rule, on the same gathered KV (GPU by default; --flex on CPU, slow to compile).
+  * flashinfer — BatchPrefillWithPagedKVCacheWrapper with a custom mask on the same paged cache,
+             where flashinfer is importable (plan() is not timed).
+Every function of one shape is timed in turn, round after round, so that all see the same machine
+load. Reported per row: median µs, ratio to each baseline (>1 = faster), KV bytes read / time, and its
+fraction of the copy bandwidth (read + write) measured in the same run.
+
+    python -m benchmarks.bench_attention            # full sweep
+    python -m benchmarks.bench_attention --quick    # a couple of minutes on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+import pipo_kernels
+from benchmarks.common import (
+    PRESETS,
+    Timing,
+    copy_bandwidth_gbs,
+    format_table,
+    progress,
+    synchronize,
+    write_results,
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BENCH_PRESETS = ("qwen3.5-4b", "llama3-8b")
+
+
+def tree_mask(nodes: int, g: torch.Generator) -> torch.Tensor:
+    """[nodes, nodes] bool ancestor mask of a random tree (parents precede children)."""
+    m = torch.zeros(nodes, nodes, dtype=torch.bool)
+    for j in range(nodes):
+        if j:
+            m[j] = m[int(torch.randint(0, j, (1,), generator=g))]
+        m[j, j] = True
+    return m
+
+
+def make_problem(preset, batch, kv_len, q_len, page_size, dtype, device, seed=0):
+    """Equal-length sequences on randomly permuted pages; q_len 1 is decode, else a tree."""
+    p = PRESETS[preset]
+    hq, hkv, d = p["q_heads"], p["kv_heads"], p["head_dim"]
+    g = torch.Generator().manual_seed(seed)
+    pages_per_seq = -(-kv_len // page_size)
+    num_pages = batch * pages_per_seq
+    table = torch.randperm(num_pages, generator=g).view(batch, pages_per_seq).int()
+    k_cache = torch.randn(num_pages, page_size, hkv, d, generator=g).to(dtype)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(batch * q_len, hq, d, generator=g).to(dtype)
+    kv_lens = torch.full((batch,), kv_len, dtype=torch.int32)
+    indptr = torch.arange(0, batch * q_len + 1, q_len, dtype=torch.int32)
+    trees = torch.stack([tree_mask(q_len, g) for _ in range(batch)]) if q_len > 1 else None
+    mask = None if trees is None else trees.reshape(batch * q_len, q_len)
+    args = [q, k_cache, v_cache, table, kv_lens, indptr, mask]
+    return [None if t is None else t.to(device) for t in args], trees
+
+
+def gathered(args, trees, batch, kv_len, q_len):
+    """Contiguous q [B, Hq, q_len, D], k / v [B, Hkv, L, D] and the dense mask [B, 1, q_len, L]."""
+    q, k_cache, v_cache, table = args[:4]
+    from pipo_kernels.reference import gather_kv
+
+    k = torch.stack([gather_kv(k_cache, table[b], kv_len) for b in range(batch)]).transpose(1, 2)
+    v = torch.stack([gather_kv(v_cache, table[b], kv_len) for b in range(batch)]).transpose(1, 2)
+    qd = q.view(batch, q_len, q.shape[1], q.shape[2]).transpose(1, 2)
+    dense = torch.ones(batch, 1, q_len, kv_len, dtype=torch.bool, device=q.device)
+    if trees is not None:
+        dense[:, 0, :, kv_len - q_len :] = trees.to(q.device)
+    return qd.contiguous(), k.contiguous(), v.contiguous(), dense
+
+
+def sdpa_fn(qd, k, v, dense):
+    return partial(F.scaled_dot_product_attention, qd, k, v, attn_mask=dense, enable_gqa=True)
+
+
+def flex_fn(qd, k, v, trees, kv_len, q_len):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    prefix = kv_len - q_len
+    if trees is None:
+
+        def mask_mod(b, h, qi, kv):
+            return kv <= prefix + qi
+    else:
+        tree = trees.to(qd.device)
+
+        def mask_mod(b, h, qi, kv):
+            key = kv - prefix
+            return (key < 0) | tree[b, qi, key.clamp(min=0)]
+
+    block = create_block_mask(mask_mod, qd.shape[0], None, q_len, kv_len, device=qd.device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return partial(compiled, qd, k, v, block_mask=block, enable_gqa=True)
+
+
+def flashinfer_fn(args, trees, batch, kv_len, q_len):
+    import flashinfer
+
+    q, k_cache, v_cache, table = args[:4]
+    device = q.device
+    page_size = k_cache.shape[1]
+    pages = table.shape[1]
+    workspace = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, kv_layout="NHD")
+    dense = torch.ones(batch, q_len, kv_len, dtype=torch.bool)
+    if trees is not None:
+        dense[:, :, kv_len - q_len :] = trees.cpu()
+    else:
+        dense[:, :, kv_len - q_len :] = torch.ones(q_len, q_len, dtype=torch.bool).tril()
+    last = kv_len - (pages - 1) * page_size
+    wrapper.plan(
+        args[5],
+        torch.arange(0, batch * pages + 1, pages, dtype=torch.int32, device=device),
+        table.reshape(-1),
+        torch.full((batch,), last, dtype=torch.int32, device=device),
+        q.shape[1],
+        k_cache.shape[2],
+        q.shape[2],
+        page_size,
+        custom_mask=dense.reshape(-1).to(device),
+        q_data_type=q.dtype,
+    )
+    return partial(wrapper.run, q, (k_cache, v_cache))
+
+
+def time_interleaved(fns: dict, device, budget_s: float, min_runs: int = 5, max_runs: int = 200):
+    """Median time of each function, timing them in turn (one run each per round) so that every
+    one sees the same machine load: the ratios stay meaningful on a shared, busy CPU."""
+    for fn in fns.values():
+        fn()
+        fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start < budget_s):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t0.record()
+                fn()
+                t1.record()
+                t1.synchronize()
+                times[name].append(t0.elapsed_time(t1))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=5) if len(ts) >= 5 else [min(ts)] * 4
+        out[name] = Timing(statistics.median(ts), q[0], q[3], len(ts))
+    return out
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    on_cpu = device.type == "cpu"
+    backends = [
+        b
+        for b in pipo_kernels.available_backends("paged_attention", device)
+        if b != "torch" and not (b == "triton" and on_cpu and not args.triton)
+    ]
+    use_flex = args.flex or not on_cpu
+    copy_gbs = copy_bandwidth_gbs(device)
+    print(
+        f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | backends {backends}"
+    )
+    presets = args.presets or list(BENCH_PRESETS)
+    if args.quick:
+        grid = [("decode", 1, b, kv) for b in (1, 8) for kv in (512, 4096)]
+        grid += [("tree", n, b, kv) for n in (16, 64) for b in (1, 4) for kv in (512, 4096)]
+    else:
+        # Sized for the GPU check (FlexAttention compiles once per shape): decode and trees at
+        # a short and a long context, batch 1 (one sequence must fill the GPU) up to 64.
+        kvs = args.kv_lens or [512, 4096, 32768]
+        grid = [("decode", 1, b, kv) for b in (1, 64) for kv in kvs]
+        grid += [("tree", n, b, kv) for n in (4, 16, 64) for b in (1, 8, 64) for kv in kvs[::2]]
+    budget = 0.5 if args.quick else 1.0
+    max_tokens = args.max_tokens or (1 << 17 if on_cpu else 1 << 21)
+    rows = []
+    configs = [(p, *c) for p, c in itertools.product(presets, grid) if c[2] * c[3] <= max_tokens]
+    for preset, kind, q_len, batch, kv_len in progress(configs, desc="attention"):
+        t_args, trees = make_problem(
+            preset, batch, kv_len, q_len, args.page_size, dtype, device, seed=len(rows)
+        )
+        k_cache = t_args[1]
+        kv_bytes = 2 * batch * kv_len * k_cache.shape[2] * k_cache.shape[3] * k_cache.element_size()
+        qd, k, v, dense = gathered(t_args, trees, batch, kv_len, q_len)
+        fns = {"sdpa": sdpa_fn(qd, k, v, dense)}
+        if use_flex:
+            try:
+                fns["flex"] = flex_fn(qd, k, v, trees, kv_len, q_len)
+                fns["flex"]()
+            except Exception as exc:  # report, keep benchmarking the rest
+                fns.pop("flex")
+                print(f"flex attention failed for {preset} {kind} B{batch} L{kv_len}: {exc}")
+        if not on_cpu:
+            try:
+                fns["flashinfer"] = flashinfer_fn(t_args, trees, batch, kv_len, q_len)
+                fns["flashinfer"]()
+            except Exception as exc:  # ImportError included: not installed
+                fns.pop("flashinfer", None)
+                if not rows:
+                    print(f"flashinfer baseline unavailable: {type(exc).__name__}: {exc}")
+        baseline_names = list(fns)
+        for backend in backends:
+            fns[backend] = partial(pipo_kernels.paged_attention, *t_args, backend=backend)
+        timings = time_interleaved(fns, device, budget)
+        del qd, k, v, dense, fns
+        for backend in backends:
+            t = timings[backend]
+            gbs = kv_bytes / (t.median_ms * 1e-3) / 1e9
+            row = dict(
+                preset=preset,
+                kind=kind,
+                q_len=q_len,
+                batch=batch,
+                kv_len=kv_len,
+                backend=backend,
+                us=t.median_ms * 1e3,
+                kv_gbs=gbs,
+                frac_copy_bw=gbs / copy_gbs,
+                runs=t.runs,
+            )
+            for name in baseline_names:
+                row[f"{name}_us"] = timings[name].median_ms * 1e3
+                row[f"vs_{name}"] = timings[name].median_ms / t.median_ms
+            rows.append(row)
+    path = write_results(
+        "attention",
+        device,
+        rows,
+        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype, "page_size": args.page_size},
+        out_dir=args.out,
+    )
+    columns = [
+        ("preset", "preset", ""),
+        ("kind", "kind", ""),
+        ("q_len", "q/seq", "d"),
+        ("batch", "B", "d"),
+        ("kv_len", "KV len", "d"),
+        ("backend", "backend", ""),
+        ("us", "median µs", ".1f"),
+        ("sdpa_us", "SDPA µs", ".1f"),
+        ("vs_sdpa", "x SDPA", ".2f"),
+    ]
+    if use_flex:
+        columns += [("vs_flex", "x flex", ".2f")]
+    if any("vs_flashinfer" in r for r in rows):
+        columns += [("vs_flashinfer", "x FlashInfer", ".2f")]
+    columns += [("kv_gbs", "KV GB/s", ".1f"), ("frac_copy_bw", "of copy BW", ".0%")]
+    print(format_table(rows, columns))
+    print(f"results: {path}")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16")
+    parser.add_argument("--presets", nargs="*", choices=list(PRESETS))
+    parser.add_argument(
+        "--kv-lens", nargs="*", type=int, help="KV lengths of the full sweep (trees: every other)"
+    )
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="skip shapes with batch * KV length above this (default 128k on CPU, 2M on GPU)",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
+    parser.add_argument("--flex", action="store_true", help="also time FlexAttention on CPU")
+    parser.add_argument(
+        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
+    )
+    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+// Launch glue of paged_attention: argument checks, device guard, workspace, current stream.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/all.h>
+
+#include "../attention.h"
+#include "pipo/attention.cuh"
+
+namespace pipo {
+
+std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(
+    const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
+    const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
+    int64_t num_splits) {
+  check_paged_attention_args(q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree_mask,
+                             num_splits);
+  TORCH_CHECK(q.is_cuda(), "q: expected a CUDA tensor, got ", q.device());
+  const int64_t head_dim = q.size(2);
+  TORCH_CHECK(paged_attention_supports_head_dim(static_cast<int>(head_dim)),
+              "q: the CUDA kernel supports head_dim 64, 128 or 256, got ", head_dim);
+  for (const auto& [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}}) {
+    TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, name,
+                ": expected a 16-byte aligned data pointer (the kernel copies 16-byte rows)");
+  }
+  // Index values are trusted on the fast path (out-of-range pages are masked, never read);
+  // PIPO_VALIDATE=1 checks them here, at the cost of a sync.
+  if (validate_enabled())
+    check_paged_attention_values(q, k_cache, block_table, kv_lens, q_indptr, tree_mask);
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto [out, lse] = paged_attention_outputs(q, return_lse);
+
+  PagedAttentionParams p{};
+  p.q = q.data_ptr();
+  p.q_stride_tok = q.stride(0);
+  p.q_stride_head = q.stride(1);
+  p.k_cache = k_cache.data_ptr();
+  p.v_cache = v_cache.data_ptr();
+  p.block_table = block_table.data_ptr<int32_t>();
+  p.kv_lens = kv_lens.data_ptr<int32_t>();
+  p.q_indptr = q_indptr.data_ptr<int32_t>();
+  p.tree_mask = tree_mask.has_value() ? tree_mask->data_ptr<bool>() : nullptr;
+  p.mask_cols = tree_mask.has_value() ? tree_mask->size(1) : 0;
+  p.max_pages = block_table.size(1);
+  p.num_pages = k_cache.size(0);
+  p.num_tokens = q.size(0);
+  p.out = out.data_ptr();
+  p.lse = return_lse ? lse.data_ptr<float>() : nullptr;
+  p.batch = static_cast<int>(block_table.size(0));
+  p.num_q_heads = static_cast<int>(q.size(1));
+  p.num_kv_heads = static_cast<int>(k_cache.size(2));
+  p.group = p.num_q_heads / p.num_kv_heads;
+  p.head_dim = static_cast<int>(head_dim);
+  p.page_size = static_cast<int>(k_cache.size(1));
+  const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(double(head_dim));
+  p.scale_log2 = static_cast<float>(scale * M_LOG2E);
+  p.dtype = q.scalar_type() == at::kFloat  ? AttnDtype::kFloat
+            : q.scalar_type() == at::kHalf ? AttnDtype::kHalf
+                                           : AttnDtype::kBFloat16;
+  p.num_splits = num_splits > 0 ? static_cast<int>(num_splits)
+                                : paged_attention_auto_splits(p, q.get_device());
+  // The workspace size depends on shapes only: a fixed allocation for a captured graph.
+  at::Tensor part_out, part_lse;
+  if (p.num_splits > 1) {
+    const auto f32 = q.options().dtype(at::kFloat);
+    part_out = at::empty({p.num_splits, q.size(0), q.size(1), head_dim}, f32);
+    part_lse = at::empty({p.num_splits, q.size(0), q.size(1)}, f32);
+    p.part_out = part_out.data_ptr<float>();
+    p.part_lse = part_lse.data_ptr<float>();
+  }
+  const cudaError_t err = launch_paged_attention(p, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "paged_attention: CUDA launch failed: ", cudaGetErrorString(err));
+  return {out, lse};
+}
+
+}  // namespace pipo

@@ -1,0 +1,7 @@
+"""``python -m pipo`` runs the ``pipo`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

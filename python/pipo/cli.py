@@ -1,0 +1,159 @@
+"""The ``pipo`` command.
+
+    pipo generate --prompt "Hello" --mode pipo --threshold 0.5 --max-new-tokens 64
+    pipo generate --prompt "Hello" --mode spec --temperature 0.8 --top-p 0.95 --seed 1
+    pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
+
+Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
+checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (random weights of ``--preset`` with a warning
+until those are shipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from .checkpoint import load, load_builtin
+from .config import PRESETS, preset
+from .engine import MODES, Engine, Request, SamplingParams
+from .model import ARModel, PIPOModel
+from .tokenizer import ByteTokenizer
+
+__all__ = ["main"]
+
+_log = logging.getLogger("pipo")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipo", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    prompt = g.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text")
+    prompt.add_argument("--prompt-ids", help="prompt as comma-separated token ids")
+    g.add_argument("--mode", choices=MODES, default="pipo")
+    g.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="PIPO confidence gate: <0 always keeps token2, >=1 never",
+    )
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--model", help="checkpoint folder (pipo or Hugging Face Qwen3-style)")
+    g.add_argument("--verifier", help="spec mode: the AR checkpoint that verifies the drafts")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="shapes of the random-weight model used without --model",
+    )
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    g.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
+    g.add_argument("--draft-topk", type=int, default=4)
+    g.add_argument("--draft-steps", type=int, default=1)
+    g.add_argument("--num-pages", type=int, default=1024)
+    g.add_argument("--page-size", type=int, default=16)
+    g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return parser
+
+
+def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
+    """(model, verifier) for the mode: the ARModel for ar; the PIPOModel (+ ARModel for spec)."""
+    cfg = preset(args.preset)
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    loaded = load(args.model, device=args.device, dtype=dtype) if args.model else None
+    if args.mode == "ar":
+        if isinstance(loaded, PIPOModel):
+            raise SystemExit("pipo: --mode ar needs an AR checkpoint, --model is a PIPO one")
+        return loaded or load_builtin("ar", cfg, 1, args.device, dtype), None
+    if isinstance(loaded, ARModel):
+        _log.warning(
+            "--model is an AR checkpoint: its PIPO heads start untrained (documented init)"
+        )
+        drafter = PIPOModel.from_backbone(loaded)
+    else:
+        drafter = loaded or load_builtin("pipo", cfg, 2, args.device, dtype)
+    if args.mode == "pipo":
+        return drafter, None
+    if args.verifier:
+        verifier = load(args.verifier, device=args.device, dtype=dtype)
+        if not isinstance(verifier, ARModel):
+            raise SystemExit("pipo: --verifier must be an AR (or Hugging Face) checkpoint")
+    else:
+        verifier = (
+            loaded
+            if isinstance(loaded, ARModel)
+            else load_builtin("ar", cfg, 1, args.device, dtype)
+        )
+    return drafter, verifier
+
+
+class _IdTokenizer:
+    """For vocabularies without a tokenizer here: prompts are ids, output is printed as ids."""
+
+    def encode(self, text: str) -> list[int]:
+        raise SystemExit("pipo: this model has no byte tokenizer; pass --prompt-ids")
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(map(str, ids))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, verifier = _models(args)
+    tokenizer = ByteTokenizer() if model.config.vocab_size == 259 else _IdTokenizer()
+    prompt = (
+        [int(x) for x in args.prompt_ids.split(",")] if args.prompt_ids is not None else args.prompt
+    )
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        presence_penalty=args.presence_penalty,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        stop=tuple(args.stop),
+        ignore_eos=args.ignore_eos,
+    )
+    engine = Engine(
+        model,
+        mode=args.mode,
+        verifier=verifier,
+        tokenizer=tokenizer,
+        use_kernels=not args.no_kernels,
+        threshold=args.threshold,
+        num_pages=args.num_pages,
+        page_size=args.page_size,
+        max_batch_size=1,
+        draft_topk=args.draft_topk,
+        draft_steps=args.draft_steps,
+        cuda_graphs=args.cuda_graphs,
+    )
+    (result,) = engine.generate([Request(prompt, params)])
+    print(result.text)
+    print(engine.stats.line() + f" finish={result.finish_reason}")
+    if result.error:
+        print(f"pipo: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""The reference models: a Qwen3-style decoder (``ARModel``) and the same backbone with PIPO's
+pair-in / pair-out heads (``PIPOModel``).
+
+Every forward works on a *packed* batch: the N new tokens (or pairs) of B sequences laid end to
+end, with an ``AttnMeta`` saying where each lands in the paged KV cache. ``use_kernels`` picks
+between two paths over one set of weights:
+
+- ``False``: plain PyTorch (nn.Linear, index writes into the cache, SDPA over each sequence's
+  gathered keys). This is the reference the kernel path is tested against.
+- ``True``: the pipo ops through ``pipo.ops`` (fold_pairs, kv_cache_append, paged_attention,
+  sample_tokens, unfold_input, pair_out).
+
+Weight names follow Hugging Face's Qwen3 without the ``model.`` prefix, so a Qwen3 checkpoint maps
+onto ``ARModel`` key for key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .config import ModelConfig
+from .kv_cache import PagedKVCache
+from .sampling import filtered_probs, penalized_logits, sample_from_probs, unpack_bitmask
+
+__all__ = ["ARModel", "AttnMeta", "PIPOModel", "SamplingTensors"]
+
+
+@dataclass
+class AttnMeta:
+    """Where a packed batch of N query tokens of B sequences goes in the paged cache.
+
+    positions: int64 [N], RoPE positions. slot_mapping: int64 [N], cache slot of each token
+    (negative: not written). block_table: int32 [B, P]. kv_lens: int32 [B], each sequence's cache
+    length once this batch is written. q_indptr: int32 [B+1], prefix sums of the per-sequence
+    query counts; queries are the last q_len of each sequence's kv_len positions.
+    tree_mask: bool [N, M] or None (causal); row i, column k: query i sees the k-th query of its
+    own sequence.
+    """
+
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    block_table: torch.Tensor
+    kv_lens: torch.Tensor
+    q_indptr: torch.Tensor
+    tree_mask: torch.Tensor | None = None
+
+
+@dataclass
+class SamplingTensors:
+    """Per-row sampling parameters (OPS.md sample_tokens): temperature f32 [B], top_k i32 [B],
+    top_p f32 [B], presence_penalty f32 [B], seen int32 [B, ceil(V/32)] bitmask or None,
+    seeds int64 [B], offsets int64 [B]."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    presence_penalty: torch.Tensor
+    seen: torch.Tensor | None
+    seeds: torch.Tensor
+    offsets: torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(
+            x.dtype
+        ) * self.weight
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin float32 [N, head_dim] for positions int64 [N] (halves repeated, Qwen3 layout)."""
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    freqs = positions.float().unsqueeze(1) * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [N, heads, D] rotated by cos/sin [N, D] (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    xf = x.float()
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)).to(x.dtype)
+
+
+def reference_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMeta
+) -> torch.Tensor:
+    """paged_attention in plain PyTorch: SDPA over each sequence's keys gathered from the cache."""
+    heads, kv_heads, page_size = q.shape[1], k_cache.shape[2], k_cache.shape[1]
+    out = torch.empty_like(q)
+    indptr, kv_lens = meta.q_indptr.tolist(), meta.kv_lens.tolist()
+    for b, kv_len in enumerate(kv_lens):
+        start, end = indptr[b], indptr[b + 1]
+        if end == start:
+            continue
+        pos = torch.arange(kv_len, device=q.device)
+        slots = meta.block_table[b].long()[pos // page_size] * page_size + pos % page_size
+        k = k_cache.flatten(0, 1)[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+        v = v_cache.flatten(0, 1)[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+        q_len = end - start
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device)
+        if meta.tree_mask is None:
+            mask[:, kv_len - q_len :] = torch.ones(q_len, q_len, device=q.device).tril().bool()
+        else:
+            mask[:, kv_len - q_len :] = meta.tree_mask[start:end, :q_len]
+        o = F.scaled_dot_product_attention(q[start:end].transpose(0, 1), k, v, attn_mask=mask)
+        out[start:end] = o.transpose(0, 1)
+    return out
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else nn.Identity()
+
+    def forward(self, x, meta: AttnMeta, rope, k_cache, v_cache, use_kernels: bool):
+        n = x.shape[0]
+        q = self.q_norm(self.q_proj(x).view(n, self.heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).view(n, self.kv_heads, self.head_dim))
+        v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if use_kernels:
+            ops.kv_cache_append(
+                key=k, value=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=meta.slot_mapping
+            )
+            o = ops.paged_attention(
+                q=q,
+                k_cache=k_cache,
+                v_cache=v_cache,
+                block_table=meta.block_table,
+                kv_lens=meta.kv_lens,
+                q_indptr=meta.q_indptr,
+                tree_mask=meta.tree_mask,
+            )
+        else:
+            keep = meta.slot_mapping >= 0
+            k_cache.flatten(0, 1)[meta.slot_mapping[keep]] = k[keep]
+            v_cache.flatten(0, 1)[meta.slot_mapping[keep]] = v[keep]
+            o = reference_attention(q, k_cache, v_cache, meta)
+        return self.o_proj(o.reshape(n, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c)
+
+    def forward(self, x, meta, rope, k_cache, v_cache, use_kernels):
+        x = x + self.self_attn(self.input_layernorm(x), meta, rope, k_cache, v_cache, use_kernels)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Decoder(nn.Module):
+    """Embedding, decoder stack, final norm and (tied or own) LM head, shared by both models."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.lm_head = (
+            None if c.tie_word_embeddings else nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        )
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """[V, H]: the tied embedding, or the LM head's own weight."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    @property
+    def num_cache_layers(self) -> int:
+        return self.config.num_layers
+
+    def new_cache(self, num_pages: int, page_size: int, dtype=None, device=None) -> PagedKVCache:
+        w = self.embed_tokens.weight
+        return PagedKVCache(
+            self.num_cache_layers,
+            num_pages,
+            page_size,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            dtype=dtype or w.dtype,
+            device=device or w.device,
+        )
+
+    def init_random(self, seed: int = 0, std: float = 0.02) -> None:
+        """Random weights (normal(0, std) matrices, unit norms) for presets without a checkpoint."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    def run_layers(self, x, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool):
+        """The decoder stack and final norm over packed inputs x [N, H] -> [N, H]."""
+        rope = rope_cos_sin(meta.positions, self.config.head_dim, self.config.rope_theta)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, meta, rope, cache.k_caches[i], cache.v_caches[i], use_kernels)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 [N, V] logits of final hidden states [N, H]."""
+        return hidden.float() @ self.lm_head_weight.float().t()
+
+    def sample(self, hidden, st: SamplingTensors, use_kernels: bool, num_candidates: int = 0):
+        """Next tokens of hidden states [B, H]: (tokens int64 [B], cand_ids int64 [B, k]) where
+        cand_ids are the k most likely ids after the presence penalty (for draft trees)."""
+        if use_kernels:
+            tokens, _, cand_ids, _ = ops.sample_tokens(
+                hidden=hidden,
+                lm_head=self.lm_head_weight,
+                temperature=st.temperature,
+                top_k=st.top_k,
+                top_p=st.top_p,
+                presence_penalty=st.presence_penalty,
+                seen=st.seen,
+                seeds=st.seeds,
+                offsets=st.offsets,
+                num_candidates=num_candidates,
+            )
+            return tokens, cand_ids
+        seen = None if st.seen is None else unpack_bitmask(st.seen, self.config.vocab_size)
+        logits = penalized_logits(self.logits(hidden), st.presence_penalty, seen)
+        tokens = logits.argmax(1)
+        sampled = st.temperature > 0
+        if bool(sampled.any()):
+            probs = filtered_probs(
+                logits[sampled], st.temperature[sampled], st.top_k[sampled], st.top_p[sampled]
+            )
+            tokens[sampled] = sample_from_probs(probs, st.seeds[sampled], st.offsets[sampled])
+        return tokens, torch.topk(logits, num_candidates, dim=1).indices
+
+
+class ARModel(_Decoder):
+    """A Qwen3-style decoder: RMSNorm, RoPE, GQA attention with q/k norms, SwiGLU, LM head.
+
+    Example (one sequence of 3 tokens; the engine builds AttnMeta for real batches)::
+
+        model = ARModel(preset("tiny")); model.init_random()
+        cache = model.new_cache(num_pages=4, page_size=16)
+        cache.reserve(0, 3)
+        meta = AttnMeta(
+            positions=torch.arange(3),
+            slot_mapping=torch.tensor(cache.slots(0, 0, 3)),
+            block_table=cache.block_table([0]),
+            kv_lens=torch.tensor([3], dtype=torch.int32),
+            q_indptr=torch.tensor([0, 3], dtype=torch.int32),
+        )
+        hidden = model(torch.tensor([257, 72, 105]), meta, cache)   # [3, 256]
+        logits = model.logits(hidden)                                # float32 [3, 259]
+    """
+
+    def forward(self, input_ids, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool = False):
+        """input_ids int64 [N] -> final hidden states [N, H]; writes the N tokens' K/V."""
+        return self.run_layers(self.embed_tokens(input_ids), meta, cache, use_kernels)
+
+
+class Compressor(nn.Module):
+    """Pair-in: folds two token embeddings [e0; e1] (2H) into one backbone input (H)."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        h = c.hidden_size
+        self.kind = c.compressor
+        if self.kind == "linear":
+            self.proj = nn.Linear(2 * h, h)
+        else:
+            self.fc1 = nn.Linear(2 * h, 2 * h)
+            self.fc2 = nn.Linear(2 * h, h)
+
+    @torch.no_grad()
+    def init_sum(self) -> None:
+        """Make C([e0; e1]) = e0 + e1 exactly (PIPO.md). For the MLP, fc1 computes (s, -s) with
+        s = e0 + e1 and fc2 takes silu(s) - silu(-s), which equals s."""
+        if self.kind == "linear":
+            h = self.proj.out_features
+            eye = torch.eye(h)
+            self.proj.weight.copy_(torch.cat([eye, eye], 1))
+            self.proj.bias.zero_()
+        else:
+            h = self.fc2.out_features
+            eye = torch.eye(h)
+            plus = torch.cat([eye, eye], 1)
+            self.fc1.weight.copy_(torch.cat([plus, -plus], 0))
+            self.fc1.bias.zero_()
+            self.fc2.weight.copy_(torch.cat([eye, -eye], 1))
+            self.fc2.bias.zero_()
+
+    def forward(self, pair_ids, embedding: torch.Tensor, use_kernels: bool):
+        """pair_ids int64 [N, 2], embedding [V, H] -> [N, H]."""
+        first = self.proj if self.kind == "linear" else self.fc1
+        activation = "none" if self.kind == "linear" else "silu"
+        if use_kernels:
+            x = ops.fold_pairs(
+                pair_ids=pair_ids,
+                embedding=embedding,
+                weight=first.weight,
+                bias=first.bias,
+                activation=activation,
+            )
+        else:
+            x = first(F.embedding(pair_ids, embedding).flatten(1))
+            x = F.silu(x) if activation == "silu" else x
+        return x if self.kind == "linear" else self.fc2(x)
+
+
+class MTPHead(nn.Module):
+    """Pair-out: predicts the second token of a pair from the first one and the backbone state."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        h = c.hidden_size
+        self.eps = c.rms_norm_eps
+        self.embed_norm = RMSNorm(h, c.rms_norm_eps)
+        self.hidden_norm = RMSNorm(h, c.rms_norm_eps)
+        self.fc = nn.Linear(2 * h, h, bias=False)  # input: [embedding half; hidden half]
+        self.layer = DecoderLayer(c)
+        self.norm = RMSNorm(h, c.rms_norm_eps)
+
+    def forward(self, token_ids, hidden, embedding, meta, rope, k_cache, v_cache, use_kernels):
+        """token_ids int64 [N] (token1), hidden [N, H] (backbone) -> MTP hidden states [N, H]."""
+        if use_kernels:
+            x = ops.unfold_input(
+                token_ids=token_ids,
+                hidden=hidden,
+                embedding=embedding,
+                embed_norm_weight=self.embed_norm.weight,
+                hidden_norm_weight=self.hidden_norm.weight,
+                weight=self.fc.weight,
+                eps=self.eps,
+            )
+        else:
+            e = self.embed_norm(F.embedding(token_ids, embedding))
+            x = self.fc(torch.cat([e, self.hidden_norm(hidden)], dim=-1))
+        return self.norm(self.layer(x, meta, rope, k_cache, v_cache, use_kernels))
+
+
+class ConfidenceHead(nn.Module):
+    """c = sigmoid(w2 · silu(W1 rmsnorm([h; m]))): how likely token2 is right."""
+
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        h = c.hidden_size
+        self.norm = RMSNorm(2 * h, c.rms_norm_eps)
+        self.fc1 = nn.Linear(2 * h, h, bias=False)
+        self.fc2 = nn.Linear(h, 1, bias=False)
+
+    def forward(self, hidden, mtp_hidden):
+        """[N, H], [N, H] -> float32 [N]."""
+        x = self.norm(torch.cat([hidden, mtp_hidden], dim=-1))
+        return torch.sigmoid(self.fc2(F.silu(self.fc1(x))).float()).squeeze(-1)
+
+
+class PIPOModel(_Decoder):
+    """The backbone run on pair latents, plus compressor, MTP head and confidence head.
+
+    Its KV cache has ``num_layers + 1`` layers: the backbone's, then the MTP layer's. Both are
+    indexed by pair position, so one block table serves all of them.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.compressor = Compressor(config)
+        self.mtp = MTPHead(config)
+        self.confidence = ConfidenceHead(config)
+
+    @property
+    def num_cache_layers(self) -> int:
+        return self.config.num_layers + 1
+
+    def init_random(self, seed: int = 0, std: float = 0.02) -> None:
+        super().init_random(seed, std)
+        self.init_heads()
+
+    @torch.no_grad()
+    def init_heads(self) -> None:
+        """The documented initialisation of the PIPO parts on a given backbone: compressor = sum of
+        the two embeddings; MTP fc = [I | I] (sum of the normed embedding and hidden state), MTP
+        layer and norm copied from the backbone's last layer and final norm; confidence fc1 small
+        random, fc2 zero (c = 0.5 everywhere until trained)."""
+        self.compressor.init_sum()
+        h = self.config.hidden_size
+        eye = torch.eye(h, dtype=self.mtp.fc.weight.dtype)
+        self.mtp.fc.weight.copy_(torch.cat([eye, eye], 1))
+        self.mtp.embed_norm.weight.fill_(1.0)
+        self.mtp.hidden_norm.weight.fill_(1.0)
+        self.mtp.layer.load_state_dict(self.layers[-1].state_dict())
+        self.mtp.norm.load_state_dict(self.norm.state_dict())
+        g = torch.Generator().manual_seed(0)
+        self.confidence.norm.weight.fill_(1.0)
+        self.confidence.fc1.weight.copy_(
+            torch.randn(self.confidence.fc1.weight.shape, generator=g) * 0.02
+        )
+        self.confidence.fc2.weight.zero_()
+
+    @classmethod
+    def from_backbone(cls, ar: ARModel) -> PIPOModel:
+        """A PIPO model on ``ar``'s weights, with the heads at their documented initialisation."""
+        w = ar.embed_tokens.weight
+        with torch.device("meta"):  # every parameter is written below: no host-side init
+            model = cls(ar.config)
+        model = model.to(dtype=w.dtype).to_empty(device=w.device)
+        model.load_state_dict(ar.state_dict(), strict=False)  # the PIPO parts stay missing
+        model.init_heads()
+        return model
+
+    def forward(self, pair_ids, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool = False):
+        """pair_ids int64 [N, 2] -> backbone hidden states [N, H] (h_i; predicts token1)."""
+        x = self.compressor(pair_ids, self.embed_tokens.weight, use_kernels)
+        return self.run_layers(x, meta, cache, use_kernels)
+
+    def mtp_forward(self, token1, hidden, meta: AttnMeta, cache: PagedKVCache, use_kernels=False):
+        """token1 int64 [N], backbone hidden [N, H] -> MTP hidden states [N, H] (m_i; predicts
+        token2); writes the MTP layer's K/V at meta's slots."""
+        rope = rope_cos_sin(meta.positions, self.config.head_dim, self.config.rope_theta)
+        layer = self.config.num_layers
+        return self.mtp(
+            token1,
+            hidden,
+            self.embed_tokens.weight,
+            meta,
+            rope,
+            cache.k_caches[layer],
+            cache.v_caches[layer],
+            use_kernels,
+        )
+
+    def gate(self, hidden, mtp_hidden, token1, token2, threshold: float, use_kernels: bool):
+        """Confidence and gate: (pairs int64 [B, 2], confidence float32 [B]); token2 becomes PAD
+        unless threshold < 0 or (threshold < 1 and confidence >= threshold)."""
+        c = self.config
+        if use_kernels:
+            return ops.pair_out(
+                hidden=hidden,
+                mtp_hidden=mtp_hidden,
+                token1=token1,
+                token2=token2,
+                norm_weight=self.confidence.norm.weight,
+                fc1_weight=self.confidence.fc1.weight,
+                fc2_weight=self.confidence.fc2.weight,
+                threshold=float(threshold),
+                pad_id=c.pad_id,
+                eps=c.rms_norm_eps,
+            )
+        confidence = self.confidence(hidden, mtp_hidden)
+        if threshold < 0 or threshold >= 1:
+            keep = torch.full_like(confidence, threshold < 0, dtype=torch.bool)
+        else:
+            keep = confidence >= threshold
+        second = torch.where(keep, token2, torch.full_like(token2, c.pad_id))
+        return torch.stack([token1, second], 1), confidence
