@@ -33,6 +33,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cpu(
     const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
     const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
     const at::Tensor& offsets, int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cpu(
+    const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& temperature,
+    const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& presence_penalty,
+    const std::optional<at::Tensor>& seen, const at::Tensor& seeds, const at::Tensor& offsets,
+    int64_t num_candidates);
+std::tuple<at::Tensor, at::Tensor> pair_out_cpu(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
+    const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
+    const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
 
 #ifdef PIPO_WITH_CUDA
 void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
@@ -60,6 +69,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_stochastic_cuda(
     const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
     const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
     const at::Tensor& offsets, int64_t max_depth);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda(
+    const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& temperature,
+    const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& presence_penalty,
+    const std::optional<at::Tensor>& seen, const at::Tensor& seeds, const at::Tensor& offsets,
+    int64_t num_candidates);
+std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
+    const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
+    const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
 #endif
 
 }  // namespace pipo

@@ -45,6 +45,18 @@ TORCH_LIBRARY(pipo, m) {
       "verify_tree_stochastic(Tensor draft_tokens, Tensor parents, Tensor q_indptr, "
       "Tensor draft_probs, Tensor target_probs, Tensor seeds, Tensor offsets, int max_depth) "
       "-> (Tensor accept_len, Tensor accept_index, Tensor bonus_token)");
+  // Fused LM head + sampler over vocabulary tiles: (tokens, token_logprob, cand_ids,
+  // cand_logprobs).
+  m.def(
+      "sample_tokens(Tensor hidden, Tensor lm_head, Tensor temperature, Tensor top_k, "
+      "Tensor top_p, Tensor presence_penalty, Tensor? seen, Tensor seeds, Tensor offsets, "
+      "int num_candidates=0) -> (Tensor, Tensor, Tensor, Tensor)");
+  // PIPO confidence head (RMSNorm, fc1, SiLU, fc2, sigmoid) and threshold gate: (pairs,
+  // confidence).
+  m.def(
+      "pair_out(Tensor hidden, Tensor mtp_hidden, Tensor token1, Tensor token2, "
+      "Tensor norm_weight, Tensor fc1_weight, Tensor fc2_weight, float threshold, int pad_id, "
+      "float eps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
@@ -55,6 +67,8 @@ TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("paged_attention", &pipo::paged_attention_cpu);
   m.impl("verify_tree", &pipo::verify_tree_cpu);
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cpu);
+  m.impl("sample_tokens", &pipo::sample_tokens_cpu);
+  m.impl("pair_out", &pipo::pair_out_cpu);
 }
 
 #ifdef PIPO_WITH_CUDA
@@ -66,5 +80,7 @@ TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("paged_attention", &pipo::paged_attention_cuda);
   m.impl("verify_tree", &pipo::verify_tree_cuda);
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cuda);
+  m.impl("sample_tokens", &pipo::sample_tokens_cuda);
+  m.impl("pair_out", &pipo::pair_out_cuda);
 }
 #endif

@@ -35,6 +35,7 @@ from ._backend import (  # noqa: E402
 from .attention import paged_attention  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
 from .latent import fold_pairs, unfold_input  # noqa: E402
+from .sampling import pair_out, sample_tokens  # noqa: E402
 from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
 
 if triton_importable():
@@ -48,8 +49,10 @@ __all__ = [
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
+    "pair_out",
     "reference",
     "resolve",
+    "sample_tokens",
     "triton_interpreting",
     "unfold_input",
     "verify_tree",

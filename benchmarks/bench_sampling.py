@@ -1,0 +1,224 @@
+"""Benchmark of pipo_kernels.sample_tokens against the eager sampling chain.
+
+Baselines, timed in the same run on the same tensors:
+  eager     linear -> presence penalty -> temperature -> top-k / top-p masks -> softmax ->
+            multinomial (argmax for greedy), in float32 logits as serving stacks do;
+  compiled  the same function under torch.compile;
+  flashinfer  linear + flashinfer.sampling.top_k_top_p_sampling_from_logits (when importable,
+            GPU only).
+"roofline" is the time to read the LM-head weight once at the copy bandwidth measured in this
+run, divided by the kernel's time (1.0 = the kernel runs at the copy bandwidth).
+
+    python benchmarks/bench_sampling.py --quick          # CPU: ~2 minutes
+    python benchmarks/bench_sampling.py --device cuda    # the full grid on a GPU
+
+The timing helpers are local until benchmarks/common.py lands in main.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import pipo_kernels
+
+MODES = {
+    # name: (temperature, top_k, top_p, presence_penalty)
+    "greedy": (0.0, 0, 1.0, 1.5),
+    "temperature": (1.0, 0, 1.0, 1.5),
+    "top_k": (1.0, 20, 1.0, 1.5),
+    "pipo": (1.0, 20, 0.95, 1.5),  # PIPO's evaluation setting
+}
+VOCABS = (259, 151936, 248320)
+HIDDENS = (256, 2560, 4096)
+BATCHES = (1, 8, 64)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, min_reps: int = 5, budget_s: float = 1.0) -> float:
+    """Median wall time in ms (CUDA events on a GPU) after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < min_reps or (
+        time.perf_counter() - start_all < budget_s and len(times) < 100
+    ):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second moved (read + write) by a large device-to-device copy."""
+    n = (1 << 28) if device.type == "cuda" else (1 << 26)
+    src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, min_reps=10)
+    return 2 * n / (ms * 1e-3)
+
+
+def eager_chain(hidden, lm_head, temperature, k: int, top_p, penalty, seen_mask, greedy: bool):
+    """The usual unfused chain: per-row temperature / top_p / penalty tensors, one top_k for the
+    batch (a Python int, as serving stacks bucket it), [B, V] float32 logits materialised."""
+    logits = torch.nn.functional.linear(hidden, lm_head).float()
+    logits = logits - penalty[:, None] * seen_mask
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature[:, None]
+    if k > 0:
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(before >= top_p[:, None], float("-inf"))
+    logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), 1)[:, 0]
+
+
+def make_inputs(b, h, v, dtype, device, mode):
+    t, k, p, pen = MODES[mode]
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(b, h, generator=g).to(dtype).to(device)
+    lm_head = torch.empty(v, h, dtype=dtype, device=device).normal_(std=h**-0.5 * 4)
+    seen = torch.randint(-(2**31), 2**31 - 1, (b, (v + 31) // 32), generator=g, dtype=torch.int32)
+    seen = (seen & (seen >> 3) & (seen >> 7)).to(device)  # ~1/8 of the tokens seen
+    bits = (
+        seen[:, torch.arange(v, device=device) // 32] >> (torch.arange(v, device=device) % 32)
+    ) & 1
+    full = lambda x, dt=torch.float32: torch.full((b,), x, dtype=dt, device=device)  # noqa: E731
+    return dict(
+        hidden=hidden,
+        lm_head=lm_head,
+        temperature=full(t),
+        top_k=full(k, torch.int32),
+        top_p=full(p),
+        presence_penalty=full(pen),
+        seen=seen,
+        seeds=full(1234, torch.int64),
+        offsets=torch.arange(b, device=device),
+    ), bits.float()
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    bw = copy_bandwidth(device)
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
+    print(f"device: {name}; copy bandwidth {bw / 1e9:.1f} GB/s; dtype {args.dtype}")
+    try:
+        import flashinfer.sampling as fi
+    except ImportError:
+        fi = None
+    if args.quick:
+        shapes = [(259, 256, 1), (259, 256, 64), (151936, 2560, 1), (151936, 2560, 8)]
+        modes = ["greedy", "pipo"]
+        compile_shapes = {(259, 256, 1), (259, 256, 64)}
+    else:
+        shapes = list(itertools.product(VOCABS, HIDDENS, BATCHES))
+        modes = list(MODES)
+        compile_shapes = set(shapes)
+    rows = []
+    header = (
+        f"{'V':>7} {'H':>5} {'B':>3} {'mode':>11} {'ours ms':>9} {'eager ms':>9} {'compiled':>9} "
+        f"{'flashinf':>9} {'x eager':>8} {'x compiled':>10} {'roofline':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    compiled = torch.compile(eager_chain, dynamic=False)
+    for (v, h, b), mode in itertools.product(shapes, modes):
+        inp, seen_mask = make_inputs(b, h, v, dtype, device, mode)
+        greedy = mode == "greedy"
+        chain_args = (
+            inp["hidden"],
+            inp["lm_head"],
+            inp["temperature"],
+            MODES[mode][1],
+            inp["top_p"],
+            inp["presence_penalty"],
+            seen_mask,
+            greedy,
+        )
+        ours = time_ms(lambda: pipo_kernels.sample_tokens(**inp), device)  # noqa: B023
+        eager = time_ms(lambda: eager_chain(*chain_args), device)  # noqa: B023
+        comp = None
+        if (v, h, b) in compile_shapes and not args.no_compile:
+            comp = time_ms(lambda: compiled(*chain_args), device)  # noqa: B023
+        flash = None
+        if fi is not None and device.type == "cuda" and not greedy:
+            t, k, p, pen = MODES[mode]
+
+            def flashinfer_chain():
+                logits = torch.nn.functional.linear(inp["hidden"], inp["lm_head"]).float()  # noqa: B023
+                logits = (logits - pen * seen_mask) / t  # noqa: B023
+                return fi.top_k_top_p_sampling_from_logits(logits, k or v, p)  # noqa: B023
+
+            flash = time_ms(flashinfer_chain, device)
+        weight_ms = inp["lm_head"].numel() * inp["lm_head"].element_size() / bw * 1e3
+        row = dict(
+            device=name,
+            dtype=args.dtype,
+            V=v,
+            H=h,
+            B=b,
+            mode=mode,
+            ours_ms=ours,
+            eager_ms=eager,
+            compiled_ms=comp,
+            flashinfer_ms=flash,
+            speedup_eager=eager / ours,
+            speedup_compiled=comp / ours if comp else None,
+            roofline=weight_ms / ours,
+        )
+        rows.append(row)
+        fmt = lambda x, w=9, d=3: f"{x:{w}.{d}f}" if x is not None else "-".rjust(w)  # noqa: E731
+        print(
+            f"{v:>7} {h:>5} {b:>3} {mode:>11} {fmt(ours)} {fmt(eager)} {fmt(comp)} {fmt(flash)} "
+            f"{fmt(eager / ours, 8, 2)} {fmt(comp / ours if comp else None, 10, 2)} "
+            f"{fmt(weight_ms / ours, 8, 2)}",
+            flush=True,
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--quick", action="store_true", help="a few shapes (~2 minutes on a CPU)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = ap.parse_args()
+    rows = run(args)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

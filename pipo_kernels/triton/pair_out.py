@@ -1,0 +1,152 @@
+"""Triton kernel of pipo::pair_out: one program per block of rows computes RMSNorm over the 2H
+features of [hidden; mtp_hidden], then fc1 in tiles of output neurons (tl.dot, float32
+accumulation), SiLU, the fc2 dot product, sigmoid and the threshold gate. The [B, H] activation
+stays in registers, one tile at a time."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .._backend import triton_interpreting
+from ..sampling import _pair_out_fake, check_pair_out_args
+
+
+@triton.jit
+def _pair_out_kernel(
+    hidden_ptr,
+    mtp_ptr,
+    token1_ptr,
+    token2_ptr,
+    norm_ptr,
+    fc1_ptr,
+    fc2_ptr,
+    pairs_ptr,
+    conf_ptr,
+    B,
+    H,
+    threshold,
+    pad_id,
+    eps,
+    IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    rows64 = rows.to(tl.int64)
+    # Sum of squares over both halves, in float32.
+    ss = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        msk = row_ok[:, None] & (kk < H)[None, :]
+        a = tl.load(hidden_ptr + rows64[:, None] * H + kk[None, :], mask=msk, other=0.0)
+        b = tl.load(mtp_ptr + rows64[:, None] * H + kk[None, :], mask=msk, other=0.0)
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+        ss += tl.sum(a * a, axis=1) + tl.sum(b * b, axis=1)
+    rstd = 1.0 / tl.sqrt(ss / (2 * H) + eps)
+    logit = tl.zeros([BLOCK_B], dtype=tl.float32)
+    for n0 in range(0, H, BLOCK_N):
+        nn = n0 + tl.arange(0, BLOCK_N)
+        n_ok = nn < H
+        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+        for half in range(2):
+            src = hidden_ptr if half == 0 else mtp_ptr
+            for k0 in range(0, H, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                k_ok = kk < H
+                x = tl.load(
+                    src + rows64[:, None] * H + kk[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                g = tl.load(norm_ptr + half * H + kk, mask=k_ok, other=0.0).to(tl.float32)
+                # Rounded to the weight dtype so tl.dot takes matching operands; float32 stays exact.
+                xn = (x * rstd[:, None] * g[None, :]).to(fc1_ptr.dtype.element_ty)
+                w = tl.load(
+                    fc1_ptr + nn[:, None].to(tl.int64) * (2 * H) + half * H + kk[None, :],
+                    mask=n_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                if IEEE:
+                    acc += tl.dot(
+                        xn.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee"
+                    )
+                else:
+                    acc += tl.dot(xn, tl.trans(w))
+        act = acc / (1.0 + tl.exp(-acc))
+        w2 = tl.load(fc2_ptr + nn, mask=n_ok, other=0.0).to(tl.float32)
+        logit += tl.sum(act * w2[None, :], axis=1)
+    conf = 1.0 / (1.0 + tl.exp(-logit))
+    t1 = tl.load(token1_ptr + rows, mask=row_ok, other=0)
+    t2 = tl.load(token2_ptr + rows, mask=row_ok, other=0)
+    commit = (threshold < 0) | ((threshold < 1) & (conf >= threshold))
+    tl.store(conf_ptr + rows, conf, mask=row_ok)
+    tl.store(pairs_ptr + rows64 * 2, t1, mask=row_ok)
+    tl.store(pairs_ptr + rows64 * 2 + 1, tl.where(commit, t2, pad_id), mask=row_ok)
+
+
+def _register(name: str, mutates_args):
+    """triton_op on a GPU, so torch.compile sees the kernels. Under the interpreter an opaque
+    custom op with a fake kernel instead: tracing into a triton_op would run the interpreter on
+    fake tensors."""
+    if triton_interpreting():
+        return torch.library.custom_op(name, mutates_args=mutates_args)
+    return triton_op(name, mutates_args=mutates_args)
+
+
+def _dot_in_float32(dtype: torch.dtype) -> bool:
+    """IEEE float32 tl.dot for float32 inputs (no TF32), and for every dtype under the Triton
+    interpreter, whose float16 / bfloat16 tl.dot returns wrong values (Triton 3.8)."""
+    return dtype == torch.float32 or triton_interpreting()
+
+
+@_register("pipo::pair_out_triton", mutates_args=())
+def pair_out(
+    hidden: torch.Tensor,
+    mtp_hidden: torch.Tensor,
+    token1: torch.Tensor,
+    token2: torch.Tensor,
+    norm_weight: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    threshold: float,
+    pad_id: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_pair_out_args(hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight, fc2_weight)
+    batch, h = hidden.shape
+    pairs = torch.empty(batch, 2, dtype=torch.int64, device=hidden.device)
+    confidence = torch.empty(batch, dtype=torch.float32, device=hidden.device)
+    if batch == 0:
+        return pairs, confidence
+    block_b = 16
+    wrap_triton(_pair_out_kernel)[(triton.cdiv(batch, block_b),)](
+        hidden,
+        mtp_hidden,
+        token1,
+        token2,
+        norm_weight,
+        fc1_weight,
+        fc2_weight,
+        pairs,
+        confidence,
+        batch,
+        h,
+        threshold,
+        pad_id,
+        eps,
+        IEEE=_dot_in_float32(hidden.dtype),
+        BLOCK_B=block_b,
+        BLOCK_N=64,
+        BLOCK_K=64,
+    )
+    return pairs, confidence
+
+
+if triton_interpreting():
+    pair_out.register_fake(_pair_out_fake)
