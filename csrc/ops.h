@@ -12,6 +12,13 @@ void kv_cache_append_cpu(const at::Tensor& key, const at::Tensor& value, at::Ten
                          at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                           const at::Tensor& dst_slots);
+at::Tensor fold_pairs_cpu(const at::Tensor& pair_ids, const at::Tensor& embedding,
+                          const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          c10::string_view activation);
+at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidden,
+                            const at::Tensor& embedding, const at::Tensor& embed_norm_weight,
+                            const at::Tensor& hidden_norm_weight, const at::Tensor& weight,
+                            double eps);
 std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
     const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
@@ -41,6 +48,13 @@ void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Te
                           at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                            const at::Tensor& dst_slots);
+at::Tensor fold_pairs_cuda(const at::Tensor& pair_ids, const at::Tensor& embedding,
+                           const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           c10::string_view activation);
+at::Tensor unfold_input_cuda(const at::Tensor& token_ids, const at::Tensor& hidden,
+                             const at::Tensor& embedding, const at::Tensor& embed_norm_weight,
+                             const at::Tensor& hidden_norm_weight, const at::Tensor& weight,
+                             double eps);
 std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
     const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,

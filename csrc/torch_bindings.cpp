@@ -23,6 +23,14 @@ TORCH_LIBRARY(pipo, m) {
   m.def(
       "kv_cache_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_slots, "
       "Tensor dst_slots) -> ()");
+  // act(weight @ [embedding[pair_ids[n, 0]]; embedding[pair_ids[n, 1]]] + bias): the pair-in fold.
+  m.def(
+      "fold_pairs(Tensor pair_ids, Tensor embedding, Tensor weight, Tensor? bias, "
+      "str activation) -> Tensor");
+  // weight @ [rmsnorm(embedding[token_ids[n]]) * w_e; rmsnorm(hidden[n]) * w_h]: the MTP input.
+  m.def(
+      "unfold_input(Tensor token_ids, Tensor hidden, Tensor embedding, Tensor embed_norm_weight, "
+      "Tensor hidden_norm_weight, Tensor weight, float eps) -> Tensor");
   // Ragged query blocks attend over the paged cache (causal or tree mask) -> (out, lse or [0]).
   m.def(
       "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
@@ -54,6 +62,8 @@ TORCH_LIBRARY(pipo, m) {
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("kv_cache_append", &pipo::kv_cache_append_cpu);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cpu);
+  m.impl("fold_pairs", &pipo::fold_pairs_cpu);
+  m.impl("unfold_input", &pipo::unfold_input_cpu);
   m.impl("paged_attention", &pipo::paged_attention_cpu);
   m.impl("verify_tree", &pipo::verify_tree_cpu);
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cpu);
@@ -65,6 +75,8 @@ TORCH_LIBRARY_IMPL(pipo, CPU, m) {
 TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("kv_cache_append", &pipo::kv_cache_append_cuda);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cuda);
+  m.impl("fold_pairs", &pipo::fold_pairs_cuda);
+  m.impl("unfold_input", &pipo::unfold_input_cuda);
   m.impl("paged_attention", &pipo::paged_attention_cuda);
   m.impl("verify_tree", &pipo::verify_tree_cuda);
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cuda);

@@ -34,6 +34,7 @@ from ._backend import (  # noqa: E402
 )
 from .attention import paged_attention  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
+from .latent import fold_pairs, unfold_input  # noqa: E402
 from .sampling import pair_out, sample_tokens  # noqa: E402
 from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
 
@@ -44,6 +45,7 @@ __all__ = [
     "HAS_C",
     "__version__",
     "available_backends",
+    "fold_pairs",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
@@ -52,6 +54,7 @@ __all__ = [
     "resolve",
     "sample_tokens",
     "triton_interpreting",
+    "unfold_input",
     "verify_tree",
     "verify_tree_stochastic",
 ]

@@ -6,13 +6,16 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "fold_pairs",
     "gumbel_noise",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
+    "rms_norm",
     "rng_keys",
     "sample_tokens",
+    "unfold_input",
 ]
 
 
@@ -278,6 +281,47 @@ def verify_tree_stochastic(
 
 
 __all__ += ["verify_stream", "verify_tree", "verify_tree_stochastic", "verify_uniform"]
+
+
+def fold_pairs(
+    pair_ids: torch.Tensor,
+    embedding: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "none",
+) -> torch.Tensor:
+    """act(weight @ concat(embedding[pair_ids[n, 0]], embedding[pair_ids[n, 1]]) + bias), computed
+    in float32 (float64 inputs stay float64) and returned in the embedding's dtype."""
+    acc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
+    x = embedding[pair_ids.long()].to(acc).flatten(1)  # [N, 2H]
+    y = torch.nn.functional.linear(x, weight.to(acc), None if bias is None else bias.to(acc))
+    if activation == "silu":
+        y = torch.nn.functional.silu(y)
+    return y.to(embedding.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2, -1) + eps) * weight, in x's (float32 or float64) dtype."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(x.dtype)
+
+
+def unfold_input(
+    token_ids: torch.Tensor,
+    hidden: torch.Tensor,
+    embedding: torch.Tensor,
+    embed_norm_weight: torch.Tensor,
+    hidden_norm_weight: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """weight @ concat(rmsnorm(embedding[token_ids[n]]) * embed_norm_weight,
+    rmsnorm(hidden[n]) * hidden_norm_weight), computed in float32 (float64 stays float64; the
+    normalised halves are not rounded to the input dtype) and returned in the embedding's dtype."""
+    acc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
+    e = rms_norm(embedding[token_ids.long()].to(acc), embed_norm_weight, eps)
+    h = rms_norm(hidden.to(acc), hidden_norm_weight, eps)
+    y = torch.nn.functional.linear(torch.cat([e, h], dim=-1), weight.to(acc))
+    return y.to(embedding.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

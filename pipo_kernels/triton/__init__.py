@@ -5,21 +5,25 @@ On a machine without a GPU the kernels run under Triton's interpreter when TRITO
 set before `import triton` (slow; meant for tests)."""
 
 from . import (
+    fold_pairs,
     kv_cache_append,
     kv_cache_compact,
     paged_attention,
     pair_out,
     sample_tokens,
+    unfold_input,
     verify_tree,
     verify_tree_stochastic,
 )
 
 __all__ = [
+    "fold_pairs",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
     "sample_tokens",
+    "unfold_input",
     "verify_tree",
     "verify_tree_stochastic",
 ]

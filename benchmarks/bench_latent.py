@@ -1,0 +1,217 @@
+"""Benchmark fold_pairs and unfold_input on every available backend.
+
+Baselines, measured in the same run: the eager code a user would write (F.embedding + torch.cat +
+F.linear (+ silu) for the fold; two RMSNorms + torch.cat + F.linear for the unfold) and
+torch.compile of the same function. Reported per row: median time, ratio to both baselines
+(>1 = faster) and the fraction of the limit measured in the same run:
+  - decode sizes (N <= 256): weight bytes / copy bandwidth (read + write) — the time to stream the
+    weight once;
+  - prefill sizes (N >= 2048): torch.matmul on the pre-concatenated [N, 2H] input — the matrix
+    units' time for the same GEMM without the gather.
+The weight is [H, 2H] (the linear compressor; the MTP input projection). The vocabulary is capped
+at 32768 rows: each call gathers 2N rows whatever V is.
+
+    python -m benchmarks.bench_latent            # full sweep
+    python -m benchmarks.bench_latent --quick    # a couple of minutes on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+import pipo_kernels
+from benchmarks.common import (
+    PRESETS,
+    copy_bandwidth_gbs,
+    format_table,
+    progress,
+    time_fn,
+    write_results,
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BENCH_PRESETS = ("tiny", "qwen3-4b", "llama3-8b")
+DECODE_MAX_ROWS = 256
+EPS = 1e-6
+MAX_VOCAB = 32768
+
+
+def make_inputs(op: str, preset: str, n: int, dtype, device, seed: int = 0) -> dict:
+    h = PRESETS[preset]["hidden"]
+    v = min(PRESETS[preset]["vocab"], MAX_VOCAB)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    dev = dict(dtype=dtype, device=device)
+    emb = torch.randn(v, h, generator=g).to(**dev)
+    weight = (torch.randn(h, 2 * h, generator=g) / (2 * h) ** 0.5).to(**dev)
+    if op == "fold_pairs":
+        ids = torch.randint(0, v, (n, 2), generator=g).to(device)
+        bias = torch.randn(h, generator=g).to(**dev)
+        return dict(pair_ids=ids, embedding=emb, weight=weight, bias=bias, activation="none")
+    return dict(
+        token_ids=torch.randint(0, v, (n,), generator=g).to(device),
+        hidden=torch.randn(n, h, generator=g).to(**dev),
+        embedding=emb,
+        embed_norm_weight=(0.5 + torch.rand(h, generator=g)).to(**dev),
+        hidden_norm_weight=(0.5 + torch.rand(h, generator=g)).to(**dev),
+        weight=weight,
+        eps=EPS,
+    )
+
+
+def eager_fold(pair_ids, embedding, weight, bias, activation):
+    x = torch.cat(
+        [F.embedding(pair_ids[:, 0], embedding), F.embedding(pair_ids[:, 1], embedding)], -1
+    )
+    y = F.linear(x, weight, bias)
+    return F.silu(y) if activation == "silu" else y
+
+
+def _rmsnorm(x, w, eps):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
+
+
+def eager_unfold(token_ids, hidden, embedding, embed_norm_weight, hidden_norm_weight, weight, eps):
+    e = _rmsnorm(F.embedding(token_ids, embedding), embed_norm_weight, eps)
+    h = _rmsnorm(hidden, hidden_norm_weight, eps)
+    return F.linear(torch.cat([e, h], -1), weight)
+
+
+EAGER = {"fold_pairs": eager_fold, "unfold_input": eager_unfold}
+
+
+def concatenated(op: str, a: dict) -> torch.Tensor:
+    """The [N, 2H] input the GEMM reads, built outside the timed region."""
+    if op == "fold_pairs":
+        return a["embedding"][a["pair_ids"]].flatten(1).contiguous()
+    return torch.cat([a["embedding"][a["token_ids"]], a["hidden"]], -1).contiguous()
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    cpu = device.type == "cpu"
+    ops = args.ops or ["fold_pairs", "unfold_input"]
+    copy_gbs = copy_bandwidth_gbs(device)
+    presets = args.presets or (["tiny", "qwen3-4b"] if args.quick else list(BENCH_PRESETS))
+    sizes = args.tokens or ([1, 8, 64, 256, 2048] if args.quick else [1, 8, 64, 256, 2048, 16384])
+    budget = 0.2 if args.quick else 0.5
+    # Default (automatic) dynamic shapes: one recompile marks N dynamic, so the sweep does not
+    # compile once per shape; this is also what a serving loop would get.
+    compiled = {op: torch.compile(EAGER[op]) for op in ops}
+    print(
+        f"device {device} | threads {torch.get_num_threads()} | dtype {args.dtype} | "
+        f"copy bandwidth (read+write) {copy_gbs:.1f} GB/s"
+    )
+    rows = []
+    cases = list(itertools.product(ops, presets, sizes))
+    for op, preset, n in progress(cases, desc="latent"):
+        h = PRESETS[preset]["hidden"]
+        flops = 2 * n * h * 2 * h
+        if cpu and args.quick and flops > args.cpu_max_gflop * 1e9:
+            continue  # quick CPU runs skip the GEMMs that take seconds each
+        a = make_inputs(op, preset, n, dtype, device)
+        eager = time_fn(partial(EAGER[op], **a), device, budget_s=budget)
+        comp = None
+        if not args.no_compile:
+            comp = time_fn(partial(compiled[op], **a), device, budget_s=budget)
+        weight_bytes = a["weight"].numel() * a["weight"].element_size()
+        if n <= DECODE_MAX_ROWS:
+            limit_ms, limit = weight_bytes / (copy_gbs * 1e9) * 1e3, "weight/copyBW"
+        else:
+            x, w = concatenated(op, a), a["weight"]
+            limit_ms = time_fn(
+                lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget
+            ).median_ms
+            limit = "matmul"
+        backends = [
+            b
+            for b in pipo_kernels.available_backends(op, device)
+            if not (b == "triton" and cpu and not args.triton)
+        ]
+        fn = getattr(pipo_kernels, op)
+        for backend in backends:
+            t = time_fn(partial(fn, **a, backend=backend), device, budget_s=budget)
+            rows.append(
+                dict(
+                    op=op,
+                    preset=preset,
+                    hidden=h,
+                    n=n,
+                    backend=backend,
+                    us=t.median_ms * 1e3,
+                    eager_us=eager.median_ms * 1e3,
+                    compile_us=comp.median_ms * 1e3 if comp else None,
+                    vs_eager=eager.median_ms / t.median_ms,
+                    vs_compile=comp.median_ms / t.median_ms if comp else None,
+                    tflops=flops / (t.median_ms * 1e-3) / 1e12,
+                    limit=limit,
+                    limit_us=limit_ms * 1e3,
+                    frac_limit=limit_ms / t.median_ms,
+                    runs=t.runs,
+                )
+            )
+    path = write_results(
+        "latent",
+        device,
+        rows,
+        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
+        out_dir=args.out,
+    )
+    print(
+        format_table(
+            rows,
+            [
+                ("op", "op", ""),
+                ("preset", "preset", ""),
+                ("n", "N", "d"),
+                ("backend", "backend", ""),
+                ("us", "median µs", ".1f"),
+                ("eager_us", "eager µs", ".1f"),
+                ("compile_us", "compile µs", ".1f"),
+                ("vs_eager", "x eager", ".2f"),
+                ("vs_compile", "x compile", ".2f"),
+                ("tflops", "TFLOP/s", ".3f"),
+                ("limit", "limit", ""),
+                ("frac_limit", "of limit", ".0%"),
+            ],
+        )
+    )
+    print(f"results: {path}")
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16")
+    parser.add_argument("--ops", nargs="*", choices=list(EAGER))
+    parser.add_argument("--presets", nargs="*", choices=list(BENCH_PRESETS))
+    parser.add_argument("--tokens", nargs="*", type=int, help="values of N (rows)")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--cpu-max-gflop",
+        type=float,
+        default=3.0,
+        help="with --quick on a CPU, skip shapes above this many GFLOP per call",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument(
+        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
+    )
+    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
