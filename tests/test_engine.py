@@ -67,7 +67,7 @@ def test_cuda_kernel_path_matches_cpu_reference(models, mode):
     on_gpu = tuple(copy.deepcopy(m).cuda() for m in models)
     got, _ = run(on_gpu, mode, PROMPTS[:2], params, use_kernels=True)
     assert [r.token_ids for r in got] == [r.token_ids for r in want]
-    if mode != "spec":  # the captured decode step (eager while an op is still a stand-in)
+    if mode != "spec":  # the captured decode step
         graphed, _ = run(on_gpu, mode, PROMPTS[:2], params, cuda_graphs=True)
         assert [r.token_ids for r in graphed] == [r.token_ids for r in want]
 

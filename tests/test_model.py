@@ -1,5 +1,5 @@
 """The reference model (python/pipo): kernel path vs plain-PyTorch path, PIPO heads, KV-cache
-manager, sampling helpers, the op stand-ins and checkpoints."""
+manager, sampling helpers, the ops adapter and checkpoints."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from pipo_helpers import requires_safetensors, small_config, small_models
 
 import pipo_kernels
-from pipo import _standin_ops, checkpoint, ops
+from pipo import checkpoint, ops
 from pipo.config import PRESETS, ModelConfig, from_hf_config, preset
 from pipo.kv_cache import CacheFullError, PagedKVCache
-from pipo.model import ARModel, AttnMeta, PIPOModel, SamplingTensors, reference_attention
+from pipo.model import ARModel, AttnMeta, PIPOModel, SamplingTensors
 from pipo.sampling import filtered_probs, pack_bitmask, unpack_bitmask
 
 
@@ -61,18 +61,11 @@ def greedy_tensors(b: int) -> SamplingTensors:
 # ---------------------------------------------------------------- ops adapter
 
 
-def test_ops_adapter_prefers_pipo_kernels(monkeypatch, caplog):
+def test_ops_adapter_is_pipo_kernels():
     for name in ops.OPS:
-        want = getattr(pipo_kernels, name, None) or getattr(_standin_ops, name)
-        assert ops.resolve(name) is want, name
-    monkeypatch.setattr(ops, "_resolved", {})
-    caplog.clear()
-    monkeypatch.delattr(pipo_kernels, "pair_out", raising=False)
-    with caplog.at_level("WARNING", logger="pipo"):
-        ops.resolve("pair_out")
-        ops.resolve("pair_out")
-    msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == ["pipo_kernels has no pair_out yet; using the PyTorch stand-in"]
+        assert ops.resolve(name) is getattr(pipo_kernels, name), name
+    with pytest.raises(ValueError, match="name"):
+        ops.resolve("no_such_op")
 
 
 # ---------------------------------------------------------------- config
@@ -211,81 +204,6 @@ def test_filtered_probs():
     )
     assert probs[1].tolist() == [0.5, 0.5, 0.0, 0.0]  # top-p 0.5 of a uniform: two lowest ids
     assert probs[2].tolist() == [0.0, 0.0, 1.0, 0.0]  # temperature 0: one-hot argmax
-
-
-# ---------------------------------------------------------------- stand-ins vs OPS.md
-
-
-def test_standin_paged_attention_matches_reference_attention():
-    g = torch.Generator().manual_seed(0)
-    k_cache, v_cache = torch.randn(2, 6, 4, 2, 64, generator=g).unbind(0)
-    q = torch.randn(7, 4, 64, generator=g)
-    tree = torch.tensor(
-        [
-            [1, 0, 0, 0],
-            [1, 1, 0, 0],
-            [1, 0, 1, 0],
-            [1, 0, 1, 1],
-            [1, 0, 0, 0],
-            [1, 1, 0, 0],
-            [1, 0, 1, 0],
-        ],
-        dtype=torch.bool,
-    )
-    for mask in (None, tree):
-        meta = AttnMeta(
-            positions=torch.zeros(7, dtype=torch.int64),
-            slot_mapping=torch.zeros(7, dtype=torch.int64),
-            block_table=torch.tensor([[4, 1, 0], [2, 5, 3]], dtype=torch.int32),
-            kv_lens=torch.tensor([6, 10], dtype=torch.int32),
-            q_indptr=torch.tensor([0, 4, 7], dtype=torch.int32),
-            tree_mask=mask,
-        )
-        want = reference_attention(q, k_cache, v_cache, meta)
-        got, lse = _standin_ops.paged_attention(
-            q=q,
-            k_cache=k_cache,
-            v_cache=v_cache,
-            block_table=meta.block_table,
-            kv_lens=meta.kv_lens,
-            q_indptr=meta.q_indptr,
-            tree_mask=mask,
-            return_lse=True,
-        )
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-        assert lse.shape == (7, 4) and torch.isfinite(lse).all()
-
-
-def test_standin_verify_tree():
-    # seq 0: root -> a(5) -> b(6); root -> c(7). target after root = 7, after c = 9.
-    draft = torch.tensor([1, 5, 6, 7, 2, 8])
-    parents = torch.tensor([-1, 0, 1, 0, -1, 0], dtype=torch.int32)
-    indptr = torch.tensor([0, 4, 6], dtype=torch.int32)
-    target = torch.tensor([7, 6, 0, 9, 3, 4])
-    acc_len, acc_idx, bonus = _standin_ops.verify_tree(
-        draft_tokens=draft, parents=parents, q_indptr=indptr, target_tokens=target, max_depth=2
-    )
-    assert acc_len.tolist() == [1, 0]
-    assert acc_idx.tolist() == [[0, 3, -1], [0, -1, -1]]
-    assert bonus.tolist() == [9, 3]
-
-
-def test_standin_verify_tree_stochastic_accepts_when_draft_equals_target():
-    vocab = 5
-    probs = torch.softmax(torch.randn(3, vocab, generator=torch.Generator().manual_seed(0)), 1)
-    draft = torch.tensor([0, 2, 4])
-    parents = torch.tensor([-1, 0, 1], dtype=torch.int32)
-    acc_len, acc_idx, _ = _standin_ops.verify_tree_stochastic(
-        draft_tokens=draft,
-        parents=parents,
-        q_indptr=torch.tensor([0, 3], dtype=torch.int32),
-        draft_probs=probs,
-        target_probs=probs,
-        seeds=torch.tensor([1]),
-        offsets=torch.tensor([0]),
-        max_depth=2,
-    )
-    assert acc_len.tolist() == [2] and acc_idx.tolist() == [[0, 1, 2]]
 
 
 # ---------------------------------------------------------------- checkpoints

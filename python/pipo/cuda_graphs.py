@@ -7,8 +7,8 @@ slots, block table, sampling parameters) into the graph's static buffers, replay
 reads the emitted tokens back — the only device-to-host sync of the step.
 
 The static block table is num_pages wide, so it holds any request. A batch falls back to the
-eager step when the graph cannot express it: an op still running on its PyTorch stand-in (not
-capturable) or presence penalties (the seen bitmask is rebuilt each step).
+eager step when the graph cannot express it: presence penalties (the seen bitmask is rebuilt
+each step).
 
 On a CPU the same static-buffer step runs eagerly (no capture), which lets the tests check the
 bucket padding and buffer filling; the capture itself is written for GPUs and untested here (no
@@ -19,19 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _standin_ops, ops
 from .model import AttnMeta, SamplingTensors
 
 __all__ = ["DecodeGraphs"]
-
-_STEP_OPS = (
-    "kv_cache_append",
-    "paged_attention",
-    "sample_tokens",
-    "fold_pairs",
-    "unfold_input",
-    "pair_out",
-)
 
 
 class _Bucket:
@@ -76,11 +66,7 @@ class DecodeGraphs:
         self.buckets: dict[int, _Bucket] = {}
         self.pool = None
         self.capture = engine.device.type == "cuda"
-        # The stand-ins sync and branch on the host, so a capture needs every op to be real.
-        self.enabled = engine.use_kernels and (
-            not self.capture
-            or all(ops.resolve(name) is not getattr(_standin_ops, name) for name in _STEP_OPS)
-        )
+        self.enabled = engine.use_kernels
 
     def _bucket_size(self, n: int) -> int:
         size = 1

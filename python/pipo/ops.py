@@ -1,17 +1,22 @@
 """The one door from the model to the kernels: ``pipo.ops.<op>`` is ``pipo_kernels.<op>``.
 
-While an op has not landed in pipo_kernels yet, the plain-PyTorch stand-in of the same OPS.md
-signature in ``pipo._standin_ops`` runs instead, and the "pipo" logger says so once per op.
-Every call passes its arguments by keyword, as OPS.md names them.
+Every call passes its arguments by keyword, as OPS.md names them; each op picks its backend
+(``backend=None``: the fastest for the tensors' device, see pipo_kernels' README section).
 """
 
 from __future__ import annotations
 
-import logging
-
-import pipo_kernels
-
-from . import _standin_ops
+from pipo_kernels import (
+    fold_pairs,
+    kv_cache_append,
+    kv_cache_compact,
+    paged_attention,
+    pair_out,
+    sample_tokens,
+    unfold_input,
+    verify_tree,
+    verify_tree_stochastic,
+)
 
 __all__ = [
     "OPS",
@@ -39,53 +44,9 @@ OPS = (
     "verify_tree_stochastic",
 )
 
-_log = logging.getLogger("pipo")
-_resolved: dict[str, object] = {}
-
 
 def resolve(name: str):
-    """The callable that runs op ``name``: pipo_kernels' when it exists, else the stand-in."""
-    fn = _resolved.get(name)
-    if fn is None:
-        fn = getattr(pipo_kernels, name, None)
-        if fn is None:
-            _log.warning("pipo_kernels has no %s yet; using the PyTorch stand-in", name)
-            fn = getattr(_standin_ops, name)
-        _resolved[name] = fn
-    return fn
-
-
-def kv_cache_append(**kwargs) -> None:
-    resolve("kv_cache_append")(**kwargs)
-
-
-def kv_cache_compact(**kwargs) -> None:
-    resolve("kv_cache_compact")(**kwargs)
-
-
-def fold_pairs(**kwargs):
-    return resolve("fold_pairs")(**kwargs)
-
-
-def unfold_input(**kwargs):
-    return resolve("unfold_input")(**kwargs)
-
-
-def sample_tokens(**kwargs):
-    return resolve("sample_tokens")(**kwargs)
-
-
-def pair_out(**kwargs):
-    return resolve("pair_out")(**kwargs)
-
-
-def paged_attention(**kwargs):
-    return resolve("paged_attention")(**kwargs)
-
-
-def verify_tree(**kwargs):
-    return resolve("verify_tree")(**kwargs)
-
-
-def verify_tree_stochastic(**kwargs):
-    return resolve("verify_tree_stochastic")(**kwargs)
+    """The callable that runs op ``name``."""
+    if name not in OPS:
+        raise ValueError(f"name: expected one of {', '.join(OPS)}, got {name!r}")
+    return globals()[name]
