@@ -10,8 +10,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS_ROOT="${PIPO_RESULTS_DIR:-benchmarks/results}"
 # Test files whose CUDA tests run under memcheck, and those whose kernels use shared memory (racecheck).
-MEMCHECK_TESTS="${MEMCHECK_TESTS:-tests/test_kv_cache.py}"
-RACECHECK_TESTS="${RACECHECK_TESTS:-}"
+MEMCHECK_TESTS="${MEMCHECK_TESTS:-tests/test_kv_cache.py tests/test_latent.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py}"
+RACECHECK_TESTS="${RACECHECK_TESTS:-tests/test_latent.py tests/test_attention.py tests/test_verify.py tests/test_sampling.py}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 export PYTHONUNBUFFERED=1
 
@@ -48,11 +48,11 @@ mv "$RESULTS_ROOT/.staging/build.log" "$DEST/" && rmdir "$RESULTS_ROOT/.staging"
 run_step tests 600 python3 -m pytest -q -ra --junitxml="$DEST/tests.xml"
 for f in $MEMCHECK_TESTS; do
   run_step "memcheck-$(basename "$f" .py)" 600 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -x "$f" -k "cuda and not compile"
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -x "$f" -k "cuda and not compile and not slow"
 done
 for f in $RACECHECK_TESTS; do
   run_step "racecheck-$(basename "$f" .py)" 600 \
-    compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -x "$f" -k "cuda and not compile"
+    compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -x "$f" -m "not slow" -k "cuda and not compile and not preserves"
 done
 for bench in benchmarks/bench_*.py; do
   name=$(basename "$bench" .py)

@@ -121,7 +121,7 @@ def paged_attention(
 
 
 # ---------------------------------------------------------------------------------------------
-# Draft-tree verification (docs/ops_verify.md). Node indices are local to each sequence.
+# Draft-tree verification (docs/ops.md §4b). Node indices are local to each sequence.
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15

@@ -1,4 +1,4 @@
-"""Draft-tree verification (docs/ops_verify.md): public wrappers, argument checks and fake kernels
+"""Draft-tree verification (docs/ops.md §4b): public wrappers, argument checks and fake kernels
 of ``verify_tree`` (greedy) and ``verify_tree_stochastic`` (speculative sampling)."""
 
 from __future__ import annotations

@@ -9,7 +9,17 @@ import torch
 import pipo_kernels
 from pipo_kernels import _backend
 
-OPS = ["kv_cache_append", "kv_cache_compact"]
+OPS = [
+    "kv_cache_append",
+    "kv_cache_compact",
+    "fold_pairs",
+    "unfold_input",
+    "sample_tokens",
+    "pair_out",
+    "paged_attention",
+    "verify_tree",
+    "verify_tree_stochastic",
+]
 
 
 def test_extension_loaded_with_cpu_kernels():

@@ -383,7 +383,7 @@ def test_stochastic_same_draft_and_target_accepts_everything():
 
 
 def test_uniforms_reference_values():
-    """The generator is pinned (docs/ops_verify.md): every backend must draw exactly these."""
+    """The generator is pinned (docs/ops.md §4b): every backend must draw exactly these."""
     key = reference.verify_stream(1234, 7)
     assert key == 0xF2ED6652493B9F9D
     got = [reference.verify_uniform(key, k) * 2**24 for k in range(3)]
