@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 namespace pipo {
 namespace {
@@ -58,20 +59,21 @@ void kv_cache_compact_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Te
   auto* k = static_cast<char*>(k_cache.data_ptr());
   auto* v = static_cast<char*>(v_cache.data_ptr());
   // Read every source before writing any destination: sources and destinations may overlap.
-  std::vector<char> rows(static_cast<size_t>(moves * 2 * row_bytes));
+  // Uninitialised staging buffer: zero-filling it would cost as much as the moves themselves.
+  const std::unique_ptr<char[]> rows(new char[static_cast<size_t>(moves * 2 * row_bytes)]);
   auto skip = [&](int64_t m) { return src[m] < 0 || dst[m] < 0; };
   at::parallel_for(0, moves, grain(row_bytes), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       if (skip(m)) continue;
-      std::memcpy(rows.data() + m * 2 * row_bytes, k + src[m] * row_bytes, row_bytes);
-      std::memcpy(rows.data() + (m * 2 + 1) * row_bytes, v + src[m] * row_bytes, row_bytes);
+      std::memcpy(rows.get() + m * 2 * row_bytes, k + src[m] * row_bytes, row_bytes);
+      std::memcpy(rows.get() + (m * 2 + 1) * row_bytes, v + src[m] * row_bytes, row_bytes);
     }
   });
   at::parallel_for(0, moves, grain(row_bytes), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       if (skip(m)) continue;
-      std::memcpy(k + dst[m] * row_bytes, rows.data() + m * 2 * row_bytes, row_bytes);
-      std::memcpy(v + dst[m] * row_bytes, rows.data() + (m * 2 + 1) * row_bytes, row_bytes);
+      std::memcpy(k + dst[m] * row_bytes, rows.get() + m * 2 * row_bytes, row_bytes);
+      std::memcpy(v + dst[m] * row_bytes, rows.get() + (m * 2 + 1) * row_bytes, row_bytes);
     }
   });
 }
