@@ -18,7 +18,6 @@ fraction of the copy bandwidth (read + write) measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import time
@@ -31,6 +30,7 @@ import pipo_kernels
 from benchmarks.common import (
     PRESETS,
     Timing,
+    bench_parser,
     copy_bandwidth_gbs,
     format_table,
     progress,
@@ -274,10 +274,7 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__)
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--presets", nargs="*", choices=list(PRESETS))
     parser.add_argument(
@@ -289,12 +286,10 @@ def main(argv=None) -> None:
         type=int,
         help="skip shapes with batch * KV length above this (default 128k on CPU, 2M on GPU)",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
     parser.add_argument("--flex", action="store_true", help="also time FlexAttention on CPU")
     parser.add_argument(
         "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
     )
-    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
     run(parser.parse_args(argv))
 
 

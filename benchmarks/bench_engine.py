@@ -11,12 +11,11 @@ of passes. Each row is the median of ``--repeats`` timed generate() calls after 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 
-from benchmarks.common import format_table, write_results
+from benchmarks.common import bench_parser, format_table, write_results
 from pipo.checkpoint import load_builtin
 from pipo.config import PRESETS, preset
 from pipo.engine import MODES, Engine, Request, SamplingParams
@@ -91,10 +90,7 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__, quick_help="64 new tokens, one timed run")
     parser.add_argument(
         "--dtype", choices=DTYPES, default=None, help="default fp32 on CPU, bf16 on GPU"
     )
@@ -104,8 +100,6 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
-    parser.add_argument("--quick", action="store_true", help="64 new tokens, one timed run")
-    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
     args = parser.parse_args(argv)
     if args.dtype is None:
         args.dtype = "fp32" if args.device == "cpu" else "bf16"

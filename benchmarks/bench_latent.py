@@ -17,7 +17,6 @@ at 32768 rows: each call gathers 2N rows whatever V is.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from functools import partial
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 import pipo_kernels
 from benchmarks.common import (
     PRESETS,
+    bench_parser,
     copy_bandwidth_gbs,
     format_table,
     progress,
@@ -189,15 +189,11 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__)
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--ops", nargs="*", choices=list(EAGER))
     parser.add_argument("--presets", nargs="*", choices=list(BENCH_PRESETS))
     parser.add_argument("--tokens", nargs="*", type=int, help="values of N (rows)")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--cpu-max-gflop",
@@ -209,7 +205,6 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
     )
-    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
     run(parser.parse_args(argv))
 
 

@@ -15,14 +15,12 @@ run, divided by the kernel's time (1.0 = the kernel runs at the copy bandwidth).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-from pathlib import Path
 
 import torch
 
 import pipo_kernels
-from benchmarks.common import copy_bandwidth_gbs, device_name, time_fn, write_results
+from benchmarks.common import bench_parser, copy_bandwidth_gbs, device_name, time_fn, write_results
 
 MODES = {
     # name: (temperature, top_k, top_p, presence_penalty)
@@ -169,14 +167,9 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = bench_parser(__doc__, quick_help="a few shapes (~2 minutes on a CPU)")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--quick", action="store_true", help="a few shapes (~2 minutes on a CPU)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    ap.add_argument(
-        "--out", type=Path, help="results folder (default benchmarks/results/<device>/)"
-    )
     run(ap.parse_args(argv))
 
 

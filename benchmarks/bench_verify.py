@@ -14,7 +14,6 @@ bonus pass) against the copy bandwidth measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 
 import torch
@@ -22,6 +21,7 @@ import torch
 import pipo_kernels
 from benchmarks.common import (
     PRESETS,
+    bench_parser,
     copy_bandwidth_gbs,
     format_table,
     progress,
@@ -150,19 +150,14 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench_parser(__doc__)
     parser.add_argument("--presets", nargs="*", choices=list(PRESETS))
     parser.add_argument("--batch", nargs="*", type=int)
     parser.add_argument("--nodes", type=int, default=64, help="nodes per draft tree")
     parser.add_argument("--max-depth", type=int, default=6)
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
     parser.add_argument(
         "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
     )
-    parser.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
     run(parser.parse_args(argv))
 
 

@@ -6,6 +6,7 @@ measured in the same run (never a datasheet number)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import re
@@ -173,3 +174,18 @@ def progress(iterable, total: int | None = None, desc: str = ""):
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def bench_parser(
+    doc: str | None, quick_help: str = "fewer shapes and shorter timing"
+) -> argparse.ArgumentParser:
+    """The options every benchmark shares: --device, --quick and --out (run_all passes all three)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default benchmarks/results/<device>/)"
+    )
+    return parser

@@ -53,24 +53,6 @@ namespace latent_detail {
 
 constexpr int kGemvMaxRows = 8;
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-
 // The first element of half-row `half` of A row n, or nullptr when its token id is out of range.
 template <typename T, bool kUnfold>
 __device__ __forceinline__ const T* row_src(const LatentParams& p, int64_t n, int half) {
@@ -90,10 +72,10 @@ __device__ __forceinline__ void load_vec(const T* src, float (&dst)[kVec]) {
                               : __ldg(reinterpret_cast<const uint4*>(src));
     const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) dst[i] = to_f(v[i]);
+    for (int i = 0; i < kVec; ++i) dst[i] = to_float(v[i]);
   } else {
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) dst[i] = to_f(src[i]);
+    for (int i = 0; i < kVec; ++i) dst[i] = to_float(src[i]);
   }
 }
 
@@ -105,7 +87,7 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 template <typename T>
 __device__ __forceinline__ float finish(const LatentParams& p, float v, int64_t o) {
-  if (p.bias != nullptr) v += to_f(static_cast<const T*>(p.bias)[o]);
+  if (p.bias != nullptr) v += to_float(static_cast<const T*>(p.bias)[o]);
   if (p.silu) v = v / (1.0f + __expf(-v));
   return v;
 }
@@ -120,7 +102,7 @@ __global__ void __launch_bounds__(256) unfold_rms_kernel(LatentParams p) {
   float ss = 0.0f;
   if (x != nullptr)
     for (int64_t k = threadIdx.x; k < p.h; k += blockDim.x) {
-      const float f = to_f(x[k]);
+      const float f = to_float(x[k]);
       ss += f * f;
     }
   __shared__ float partial[8];
@@ -190,7 +172,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) latent_gemv_kernel(LatentPara
     for (int j = 0; j < kGemvOuts; ++j) {
       const float v = warp_sum(acc[r][j]);
       if (lane == j && r < p.n && o0 + j < p.o)
-        out[r * p.o + o0 + j] = from_f<T>(finish<T>(p, v, o0 + j));
+        out[r * p.o + o0 + j] = from_float<T>(finish<T>(p, v, o0 + j));
     }
   }
 }
@@ -201,7 +183,7 @@ template <typename T>
 __device__ __forceinline__ void store_result(const LatentParams& p, T* out, int64_t m, int64_t o,
                                              float v) {
   if (p.splits == 1)
-    out[m * p.o + o] = from_f<T>(finish<T>(p, v, o));
+    out[m * p.o + o] = from_float<T>(finish<T>(p, v, o));
   else
     p.partial[(blockIdx.z * p.n + m) * p.o + o] = v;
 }
@@ -214,7 +196,7 @@ __global__ void __launch_bounds__(256) latent_split_reduce_kernel(LatentParams p
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v = 0.0f;
     for (int s = 0; s < p.splits; ++s) v += p.partial[s * total + i];
-    static_cast<T*>(p.out)[i] = from_f<T>(finish<T>(p, v, i % p.o));
+    static_cast<T*>(p.out)[i] = from_float<T>(finish<T>(p, v, i % p.o));
   }
 }
 
@@ -255,14 +237,14 @@ struct TileLoader {
       } else {
 #pragma unroll
         for (int e = 0; e < kVec; ++e)
-          v[e] = src != nullptr && k + e < p.h ? to_f(src[k + e]) : 0.0f;
+          v[e] = src != nullptr && k + e < p.h ? to_float(src[k + e]) : 0.0f;
       }
       if (kUnfold && is_a) {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) v[e] *= k + e < p.h ? to_f(gamma[k + e]) * s : 0.0f;
+        for (int e = 0; e < kVec; ++e) v[e] *= k + e < p.h ? to_float(gamma[k + e]) * s : 0.0f;
       }
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) regs[i][e] = from_f<T>(v[e]);
+      for (int e = 0; e < kVec; ++e) regs[i][e] = from_float<T>(v[e]);
     }
   }
 

@@ -86,10 +86,6 @@ constexpr int kMergeCap = 1024;
 constexpr int64_t kMinKey = INT64_MIN;
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
 // Zero of T without the implicit conversions that torch builds disable.
 template <typename T>
 __device__ __forceinline__ T zero_of() {
