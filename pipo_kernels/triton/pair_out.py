@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .._backend import triton_interpreting
 from ..sampling import _pair_out_fake, check_pair_out_args
+from ._common import dot_in_float32, register
 
 
 @triton.jit
@@ -90,22 +91,7 @@ def _pair_out_kernel(
     tl.store(pairs_ptr + rows64 * 2 + 1, tl.where(commit, t2, pad_id), mask=row_ok)
 
 
-def _register(name: str, mutates_args):
-    """triton_op on a GPU, so torch.compile sees the kernels. Under the interpreter an opaque
-    custom op with a fake kernel instead: tracing into a triton_op would run the interpreter on
-    fake tensors."""
-    if triton_interpreting():
-        return torch.library.custom_op(name, mutates_args=mutates_args)
-    return triton_op(name, mutates_args=mutates_args)
-
-
-def _dot_in_float32(dtype: torch.dtype) -> bool:
-    """IEEE float32 tl.dot for float32 inputs (no TF32), and for every dtype under the Triton
-    interpreter, whose float16 / bfloat16 tl.dot returns wrong values (Triton 3.8)."""
-    return dtype == torch.float32 or triton_interpreting()
-
-
-@_register("pipo::pair_out_triton", mutates_args=())
+@register("pipo::pair_out_triton", mutates_args=())
 def pair_out(
     hidden: torch.Tensor,
     mtp_hidden: torch.Tensor,
@@ -140,7 +126,7 @@ def pair_out(
         threshold,
         pad_id,
         eps,
-        IEEE=_dot_in_float32(hidden.dtype),
+        IEEE=dot_in_float32(hidden.dtype),
         BLOCK_B=block_b,
         BLOCK_N=64,
         BLOCK_K=64,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .._backend import triton_interpreting
 from .._checks import should_check_values
@@ -32,6 +32,7 @@ from ..sampling import (
     check_sample_values,
     sample_outputs,
 )
+from ._common import dot_in_float32, register
 
 MIN_KEY = -(2**63)
 
@@ -433,22 +434,7 @@ def _sample_exact_kernel(
         tl.store(logprob_ptr + row, best_z - (m_n + tl.log(s_n)))
 
 
-def _register(name: str, mutates_args):
-    """triton_op on a GPU, so torch.compile sees the kernels. Under the interpreter an opaque
-    custom op with a fake kernel instead: tracing into a triton_op would run the interpreter on
-    fake tensors."""
-    if triton_interpreting():
-        return torch.library.custom_op(name, mutates_args=mutates_args)
-    return triton_op(name, mutates_args=mutates_args)
-
-
-def _dot_in_float32(dtype: torch.dtype) -> bool:
-    """IEEE float32 tl.dot for float32 inputs (no TF32), and for every dtype under the Triton
-    interpreter, whose float16 / bfloat16 tl.dot returns wrong values (Triton 3.8)."""
-    return dtype == torch.float32 or triton_interpreting()
-
-
-@_register("pipo::sample_tokens_triton", mutates_args=())
+@register("pipo::sample_tokens_triton", mutates_args=())
 def sample_tokens(
     hidden: torch.Tensor,
     lm_head: torch.Tensor,
@@ -526,7 +512,7 @@ def sample_tokens(
         NUM_CAND=num_candidates,
         MAXC=MAX_CANDIDATES,
         KT=kt,
-        IEEE=_dot_in_float32(hidden.dtype),
+        IEEE=dot_in_float32(hidden.dtype),
         BLOCK_B=block_b,
         BLOCK_V=block_v,
         BLOCK_H=block_h,
