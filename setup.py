@@ -136,7 +136,7 @@ def main() -> None:
         log(f"CUDA kernels: off ({why}); building the CPU kernels only")
         ext = CppExtension(
             "pipo_kernels._C",
-            [s for s in sources if not s.endswith(".cu")],
+            [s for s in sources if not s.startswith("csrc/cuda/")],
             extra_compile_args={"cxx": cxx_flags},
             include_dirs=[str(ROOT / "csrc" / "include")],
             **ext_kwargs,

@@ -1,68 +1,101 @@
 #!/usr/bin/env bash
 # The one script a GPU machine without network runs (docs: README, "GPU check"):
 #   1. build and install the extension for the visible GPU,
-#   2. the whole test suite on the GPU (CUDA and Triton backends),
-#   3. compute-sanitizer memcheck over the CUDA op tests (racecheck over kernels using shared memory),
-#   4. every benchmark,
+#   2. at the same time: the test suite's GPU tests (CUDA and Triton backends, the engine's CUDA
+#      and CUDA-graph tests), compute-sanitizer memcheck over the CUDA-backend op tests, and
+#      racecheck over the kernels that use shared memory,
+#   3. every benchmark (the end-to-end one included),
 # with results and logs under $PIPO_RESULTS_DIR/<device-name>/ (default benchmarks/results/) and a
-# short summary table printed last. Budget: under 8 minutes on one H100.
+# short summary table printed last. Every step has a time limit (seconds, overridable below) so the
+# whole check fits a 15-minute lease; a step stopped at its limit reports rc 124 and keeps its log.
+#
+#   STEPS="build tests memcheck racecheck bench" (default: all), BENCH_ARGS="--quick",
+#   BENCHES="kv_cache latent ..." (default: every benchmarks/bench_*.py), TEST_WORKERS=6
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS_ROOT="${PIPO_RESULTS_DIR:-benchmarks/results}"
-# Test files whose CUDA tests run under memcheck, and those whose kernels use shared memory (racecheck).
-MEMCHECK_TESTS="${MEMCHECK_TESTS:-tests/test_kv_cache.py tests/test_latent.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py}"
+STEPS="${STEPS:-build tests memcheck racecheck bench}"
+OP_TESTS="tests/test_kv_cache.py tests/test_latent.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py"
+MEMCHECK_TESTS="${MEMCHECK_TESTS:-$OP_TESTS}"
+# The CUDA kernels with shared memory: latent GEMM tiles, attention, verify, sampling reductions.
 RACECHECK_TESTS="${RACECHECK_TESTS:-tests/test_latent.py tests/test_attention.py tests/test_verify.py tests/test_sampling.py}"
+BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$//')}"
 BENCH_ARGS="${BENCH_ARGS:-}"
+LIMIT_BUILD="${LIMIT_BUILD:-300}" LIMIT_TESTS="${LIMIT_TESTS:-300}" LIMIT_SAN="${LIMIT_SAN:-300}"
+LIMIT_BENCH="${LIMIT_BENCH:-120}"
 export PYTHONUNBUFFERED=1
+has_step() { [[ " $STEPS " == *" $1 "* ]]; }
 
-summary=()
-run_step() {  # run_step NAME TIMEOUT_S CMD...: logs to $DEST/NAME.log, records rc and seconds
+summary_file=$(mktemp)
+run_step() {  # run_step NAME LIMIT_S CMD...: logs to $DEST/NAME.log, records rc and seconds
   local name=$1 limit=$2
   shift 2
   local t0=$SECONDS
-  echo "== $name: $*"
-  timeout "$limit" "$@" >"$DEST/$name.log" 2>&1
+  echo "== $name (limit ${limit}s): $*"
+  # SIGINT first so pytest still prints its summary and writes its junit XML.
+  timeout -s INT -k 30 "$limit" "$@" >"$DEST/$name.log" 2>&1
   local rc=$?
-  tail -n 3 "$DEST/$name.log"
-  summary+=("$(printf '| %-28s | %4s | %5ss |' "$name" "$rc" "$((SECONDS - t0))")")
+  printf '| %-28s | %4s | %5ss |\n' "$name" "$rc" "$((SECONDS - t0))" >>"$summary_file"
+  echo "-- $name rc=$rc ($((SECONDS - t0)) s): $(tail -n 1 "$DEST/$name.log")"
   return $rc
 }
 
-mkdir -p "$RESULTS_ROOT/.staging"
-DEST="$RESULTS_ROOT/.staging"
-run_step build 900 env MAX_JOBS="${MAX_JOBS:-16}" python3 -m pip install --no-build-isolation --no-deps -e . || {
-  cat "$DEST/build.log" | tail -n 40
-  exit 1
-}
+DEST=$(mktemp -d)
+if has_step build; then
+  run_step build "$LIMIT_BUILD" env MAX_JOBS="${MAX_JOBS:-16}" \
+    python3 -m pip install --no-build-isolation --no-deps -e . || {
+    tail -n 60 "$DEST/build.log"
+    exit 1
+  }
+fi
 DEVICE=$(python3 -c "import torch; from benchmarks.common import device_name; print(device_name(torch.device('cuda')))")
+mkdir -p "$RESULTS_ROOT/$DEVICE"
+mv "$DEST"/* "$RESULTS_ROOT/$DEVICE/" 2>/dev/null
 DEST="$RESULTS_ROOT/$DEVICE"
-mkdir -p "$DEST"
-mv "$RESULTS_ROOT/.staging/build.log" "$DEST/" && rmdir "$RESULTS_ROOT/.staging"
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
   nvcc --version | tail -n 1
   git rev-parse HEAD 2>/dev/null
+  echo "STEPS=$STEPS BENCH_ARGS=$BENCH_ARGS"
 } >"$DEST/environment.txt" 2>&1
 
-run_step tests 600 python3 -m pytest -q -ra --junitxml="$DEST/tests.xml"
-for f in $MEMCHECK_TESTS; do
-  run_step "memcheck-$(basename "$f" .py)" 600 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -x "$f" -k "cuda and not compile and not slow"
-done
-for f in $RACECHECK_TESTS; do
-  run_step "racecheck-$(basename "$f" .py)" 600 \
-    compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest -q -x "$f" -m "not slow" -k "cuda and not compile and not preserves"
-done
-for bench in benchmarks/bench_*.py; do
-  name=$(basename "$bench" .py)
-  # shellcheck disable=SC2086
-  run_step "$name" 900 python3 -m "benchmarks.$name" --device cuda --out "$DEST" $BENCH_ARGS
-done
-python3 -m benchmarks.summarize "$DEST"
+# Correctness steps share the GPU (none of them times anything) and run side by side.
+if has_step tests; then
+  xdist=()
+  python3 -c "import xdist" 2>/dev/null && xdist=(-n "${TEST_WORKERS:-6}")
+  run_step tests "$LIMIT_TESTS" python3 -m pytest -q -ra "${xdist[@]}" -k cuda \
+    --junitxml="$DEST/tests.xml" tests &
+fi
+# One sanitizer process per test file, side by side: each file gets the whole limit.
+if has_step memcheck; then
+  for f in $MEMCHECK_TESTS; do
+    run_step "memcheck-$(basename "$f" .py)" "$LIMIT_SAN" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      compute-sanitizer --tool memcheck --error-exitcode 1 \
+      python3 -m pytest -q -x -ra "$f" -k "cuda and not triton and not compile and not graph" &
+  done
+fi
+if has_step racecheck; then
+  for f in $RACECHECK_TESTS; do
+    run_step "racecheck-$(basename "$f" .py)" "$LIMIT_SAN" \
+      compute-sanitizer --tool racecheck --error-exitcode 1 \
+      python3 -m pytest -q -x -ra "$f" -m "not slow" \
+      -k "cuda and not triton and not compile and not graph and not preserves" &
+  done
+fi
+wait
+
+if has_step bench; then
+  for name in $BENCHES; do
+    # shellcheck disable=SC2086
+    run_step "bench_$name" "$LIMIT_BENCH" python3 -m "benchmarks.bench_$name" --device cuda \
+      --out "$DEST" $BENCH_ARGS
+  done
+  python3 -m benchmarks.summarize "$DEST" >/dev/null
+fi
 
 echo
 echo "Results and logs: $DEST"
 echo "| step                         |   rc |  time |"
 echo "|------------------------------|------|-------|"
-printf '%s\n' "${summary[@]}"
+cat "$summary_file"

@@ -1,4 +1,5 @@
-// Launch glue of paged_attention: argument checks, device guard, workspace, current stream.
+// Launch glue of paged_attention (arguments are checked in checked.cpp): device guard,
+// workspace, current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,25 +9,12 @@
 
 namespace pipo {
 
-std::tuple<at::Tensor, at::Tensor> paged_attention_cuda(
+std::tuple<at::Tensor, at::Tensor> paged_attention_cuda_launch(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
     const at::Tensor& block_table, const at::Tensor& kv_lens, const at::Tensor& q_indptr,
     const std::optional<at::Tensor>& tree_mask, std::optional<double> sm_scale, bool return_lse,
     int64_t num_splits) {
-  check_paged_attention_args(q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree_mask,
-                             num_splits);
-  TORCH_CHECK(q.is_cuda(), "q: expected a CUDA tensor, got ", q.device());
   const int64_t head_dim = q.size(2);
-  TORCH_CHECK(paged_attention_supports_head_dim(static_cast<int>(head_dim)),
-              "q: the CUDA kernel supports head_dim 64, 128 or 256, got ", head_dim);
-  for (const auto& [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}}) {
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, name,
-                ": expected a 16-byte aligned data pointer (the kernel copies 16-byte rows)");
-  }
-  // Index values are trusted on the fast path (out-of-range pages are masked, never read);
-  // PIPO_VALIDATE=1 checks them here, at the cost of a sync.
-  if (validate_enabled())
-    check_paged_attention_values(q, k_cache, block_table, kv_lens, q_indptr, tree_mask);
   const c10::cuda::CUDAGuard guard(q.device());
   auto [out, lse] = paged_attention_outputs(q, return_lse);
 

@@ -1,4 +1,5 @@
-// Launch glue of the KV-cache kernels: argument checks, device guard, current stream.
+// Launch glue of the KV-cache kernels (arguments are checked in checked.cpp): device guard,
+// current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,13 +9,9 @@
 
 namespace pipo {
 
-void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
-                          at::Tensor& v_cache, const at::Tensor& slot_mapping) {
-  check_kv_append_args(key, value, k_cache, v_cache, slot_mapping);
-  TORCH_CHECK(key.is_cuda(), "key: expected a CUDA tensor, got ", key.device());
-  const int64_t n_slots = num_slots(k_cache);
-  // Out-of-range slots are skipped by the kernel; PIPO_VALIDATE=1 reports them (needs a sync).
-  if (validate_enabled()) check_slot_values(slot_mapping, n_slots, "slot_mapping");
+void kv_cache_append_cuda_launch(const at::Tensor& key, const at::Tensor& value,
+                                 at::Tensor& k_cache, at::Tensor& v_cache,
+                                 const at::Tensor& slot_mapping) {
   const c10::cuda::CUDAGuard guard(key.device());
   const int64_t elem = k_cache.element_size();
   KVAppendParams p{};
@@ -26,18 +23,14 @@ void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Te
   p.v_cache = static_cast<char*>(v_cache.data_ptr());
   p.slot_mapping = slot_mapping.data_ptr<int64_t>();
   p.num_tokens = key.size(0);
-  p.num_slots = n_slots;
+  p.num_slots = num_slots(k_cache);
   p.row_bytes = k_cache.size(2) * k_cache.size(3) * elem;
   const cudaError_t err = launch_kv_cache_append(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "kv_cache_append: CUDA launch failed: ", cudaGetErrorString(err));
 }
 
-void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
-                           const at::Tensor& dst_slots) {
-  check_kv_compact_args(k_cache, v_cache, src_slots, dst_slots);
-  TORCH_CHECK(k_cache.is_cuda(), "k_cache: expected a CUDA tensor, got ", k_cache.device());
-  const int64_t n_slots = num_slots(k_cache);
-  if (validate_enabled()) check_compact_values(src_slots, dst_slots, n_slots);
+void kv_cache_compact_cuda_launch(at::Tensor& k_cache, at::Tensor& v_cache,
+                                  const at::Tensor& src_slots, const at::Tensor& dst_slots) {
   const c10::cuda::CUDAGuard guard(k_cache.device());
   const int64_t row_bytes = k_cache.size(2) * k_cache.size(3) * k_cache.element_size();
   const int64_t moves = src_slots.size(0);
@@ -50,7 +43,7 @@ void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::T
   p.dst = dst_slots.data_ptr<int64_t>();
   p.workspace = static_cast<char*>(workspace.data_ptr());
   p.num_moves = moves;
-  p.num_slots = n_slots;
+  p.num_slots = num_slots(k_cache);
   p.row_bytes = row_bytes;
   const cudaError_t err = launch_kv_cache_compact(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess,

@@ -1,4 +1,5 @@
-// Launch glue of the fused latent projections: argument checks, device guard, current stream.
+// Launch glue of the fused latent projections (arguments are checked in checked.cpp): device
+// guard, split-K workspace, current stream.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/all.h>
@@ -47,13 +48,9 @@ void launch(const LatentParams& p, const at::Tensor& like, const char* op) {
 
 }  // namespace
 
-at::Tensor fold_pairs_cuda(const at::Tensor& pair_ids, const at::Tensor& embedding,
-                           const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           c10::string_view activation) {
-  check_fold_args(pair_ids, embedding, weight, bias, activation);
-  TORCH_CHECK(embedding.is_cuda(), "embedding: expected a CUDA tensor, got ", embedding.device());
-  // Out-of-range ids read as zero rows; PIPO_VALIDATE=1 reports them (needs a sync).
-  if (validate_enabled()) check_token_values(pair_ids, embedding.size(0), "pair_ids");
+at::Tensor fold_pairs_cuda_launch(const at::Tensor& pair_ids, const at::Tensor& embedding,
+                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  c10::string_view activation) {
   const c10::cuda::CUDAGuard guard(embedding.device());
   at::Tensor out = at::empty({pair_ids.size(0), weight.size(0)}, embedding.options());
   LatentParams p{};
@@ -72,13 +69,11 @@ at::Tensor fold_pairs_cuda(const at::Tensor& pair_ids, const at::Tensor& embeddi
   return out;
 }
 
-at::Tensor unfold_input_cuda(const at::Tensor& token_ids, const at::Tensor& hidden,
-                             const at::Tensor& embedding, const at::Tensor& embed_norm_weight,
-                             const at::Tensor& hidden_norm_weight, const at::Tensor& weight,
-                             double eps) {
-  check_unfold_args(token_ids, hidden, embedding, embed_norm_weight, hidden_norm_weight, weight);
-  TORCH_CHECK(embedding.is_cuda(), "embedding: expected a CUDA tensor, got ", embedding.device());
-  if (validate_enabled()) check_token_values(token_ids, embedding.size(0), "token_ids");
+at::Tensor unfold_input_cuda_launch(const at::Tensor& token_ids, const at::Tensor& hidden,
+                                    const at::Tensor& embedding,
+                                    const at::Tensor& embed_norm_weight,
+                                    const at::Tensor& hidden_norm_weight, const at::Tensor& weight,
+                                    double eps) {
   const c10::cuda::CUDAGuard guard(embedding.device());
   const int64_t n = token_ids.size(0);
   at::Tensor out = at::empty({n, weight.size(0)}, embedding.options());

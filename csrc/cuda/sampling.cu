@@ -1,5 +1,6 @@
-// Launch glue of sample_tokens and pair_out: argument checks, workspaces from the caching
-// allocator (sizes depend on shapes only), device guard, current stream, dtype dispatch.
+// Launch glue of sample_tokens and pair_out (arguments are checked in checked.cpp): workspaces
+// from the caching allocator (sizes depend on shapes only), device guard, current stream, dtype
+// dispatch.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -37,17 +38,11 @@ int64_t max_block_smem(int device) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda_launch(
     const at::Tensor& hidden, const at::Tensor& lm_head, const at::Tensor& temperature,
     const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& presence_penalty,
     const std::optional<at::Tensor>& seen, const at::Tensor& seeds, const at::Tensor& offsets,
     int64_t num_candidates) {
-  check_sample_args(hidden, lm_head, temperature, top_k, top_p, presence_penalty, seen, seeds,
-                    offsets, num_candidates);
-  TORCH_CHECK(hidden.is_cuda(), "hidden: expected a CUDA tensor, got ", hidden.device());
-  // Out-of-range parameters are not followed on the GPU (negative top_k acts as 0, top_p >= 1
-  // as no limit); PIPO_VALIDATE=1 reports them (needs a sync).
-  if (validate_enabled()) check_sample_values(temperature, top_k, top_p);
   const c10::cuda::CUDAGuard guard(hidden.device());
   const int64_t batch = hidden.size(0), h = hidden.size(1), vocab = lm_head.size(0);
   const auto long_opts = hidden.options().dtype(at::kLong);
@@ -120,12 +115,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda(
   return {tokens, token_logprob, cand_ids, cand_logprobs};
 }
 
-std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
+std::tuple<at::Tensor, at::Tensor> pair_out_cuda_launch(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps) {
-  check_pair_out_args(hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight, fc2_weight);
-  TORCH_CHECK(hidden.is_cuda(), "hidden: expected a CUDA tensor, got ", hidden.device());
   const c10::cuda::CUDAGuard guard(hidden.device());
   const int64_t batch = hidden.size(0), h = hidden.size(1);
   const auto f32 = hidden.options().dtype(at::kFloat);

@@ -1,4 +1,5 @@
-// Launch glue of the tree-verification kernels: argument checks, device guard, current stream.
+// Launch glue of the tree-verification kernels (arguments are checked in checked.cpp): device
+// guard, current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -20,14 +21,6 @@ VerifyOutputs new_outputs(const at::Tensor& like, int64_t batch, int64_t max_dep
           at::empty({batch}, like.options().dtype(at::kLong))};
 }
 
-// Under PIPO_VALIDATE=1 the index values are copied to the host and checked (a sync); otherwise
-// the kernels ignore bad indices.
-void validate_on_host(const at::Tensor& draft_tokens, const at::Tensor& parents,
-                      const at::Tensor& q_indptr, int64_t max_depth, int64_t vocab) {
-  if (!validate_enabled()) return;
-  check_tree_values(draft_tokens.cpu(), parents.cpu(), q_indptr.cpu(), max_depth, vocab);
-}
-
 VerifyTreeParams base_params(const at::Tensor& draft_tokens, const at::Tensor& parents,
                              const at::Tensor& q_indptr, VerifyOutputs& out, int64_t max_depth) {
   VerifyTreeParams p{};
@@ -45,14 +38,9 @@ VerifyTreeParams base_params(const at::Tensor& draft_tokens, const at::Tensor& p
 
 }  // namespace
 
-VerifyOutputs verify_tree_cuda(const at::Tensor& draft_tokens, const at::Tensor& parents,
-                               const at::Tensor& q_indptr, const at::Tensor& target_tokens,
-                               int64_t max_depth) {
-  check_verify_tree_args(draft_tokens, parents, q_indptr, max_depth);
-  check_token_tensor(target_tokens, draft_tokens, "target_tokens");
-  TORCH_CHECK(draft_tokens.is_cuda(), "draft_tokens: expected a CUDA tensor, got ",
-              draft_tokens.device());
-  validate_on_host(draft_tokens, parents, q_indptr, max_depth, -1);
+VerifyOutputs verify_tree_cuda_launch(const at::Tensor& draft_tokens, const at::Tensor& parents,
+                                      const at::Tensor& q_indptr, const at::Tensor& target_tokens,
+                                      int64_t max_depth) {
   const c10::cuda::CUDAGuard guard(draft_tokens.device());
   auto out = new_outputs(draft_tokens, q_indptr.size(0) - 1, max_depth);
   VerifyTreeParams p = base_params(draft_tokens, parents, q_indptr, out, max_depth);
@@ -62,15 +50,10 @@ VerifyOutputs verify_tree_cuda(const at::Tensor& draft_tokens, const at::Tensor&
   return out;
 }
 
-VerifyOutputs verify_tree_stochastic_cuda(const at::Tensor& draft_tokens, const at::Tensor& parents,
-                                          const at::Tensor& q_indptr, const at::Tensor& draft_probs,
-                                          const at::Tensor& target_probs, const at::Tensor& seeds,
-                                          const at::Tensor& offsets, int64_t max_depth) {
-  check_verify_tree_args(draft_tokens, parents, q_indptr, max_depth);
-  check_verify_stochastic_args(draft_tokens, q_indptr, draft_probs, target_probs, seeds, offsets);
-  TORCH_CHECK(draft_tokens.is_cuda(), "draft_tokens: expected a CUDA tensor, got ",
-              draft_tokens.device());
-  validate_on_host(draft_tokens, parents, q_indptr, max_depth, draft_probs.size(1));
+VerifyOutputs verify_tree_stochastic_cuda_launch(
+    const at::Tensor& draft_tokens, const at::Tensor& parents, const at::Tensor& q_indptr,
+    const at::Tensor& draft_probs, const at::Tensor& target_probs, const at::Tensor& seeds,
+    const at::Tensor& offsets, int64_t max_depth) {
   const c10::cuda::CUDAGuard guard(draft_tokens.device());
   auto out = new_outputs(draft_tokens, q_indptr.size(0) - 1, max_depth);
   VerifyTreeParams p = base_params(draft_tokens, parents, q_indptr, out, max_depth);

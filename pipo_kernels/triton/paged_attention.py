@@ -60,6 +60,8 @@ def _paged_attention_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
+    # Float arguments arrive as float64 when inductor launches the kernel: pin them to float32.
+    scale_log2 = tl.cast(scale_log2, tl.float32)
     tile = tl.program_id(0)
     hkv = tl.program_id(1)
     split = tl.program_id(2)

@@ -36,6 +36,9 @@ def _pair_out_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    # Float arguments arrive as float64 when inductor launches the kernel: pin them to float32.
+    threshold = tl.cast(threshold, tl.float32)
+    eps = tl.cast(eps, tl.float32)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     rows64 = rows.to(tl.int64)

@@ -34,7 +34,7 @@ from ..sampling import (
 )
 from ._common import dot_in_float32, register
 
-MIN_KEY = -(2**63)
+MIN_KEY = tl.constexpr(-(2**63))  # a plain global is not visible to @triton.jit
 
 
 @triton.jit

@@ -19,6 +19,7 @@ def _unfold_rms_kernel(
     ids_ptr, hidden_ptr, emb_ptr, scale_ptr, V, H, hidden_stride, eps, BLOCK: tl.constexpr
 ):
     """scale[n, 0] / scale[n, 1] = 1 / sqrt(mean(x^2) + eps) of embedding[ids[n]] / hidden[n]."""
+    eps = tl.cast(eps, tl.float32)  # float64 when inductor launches the kernel
     n = tl.program_id(0).to(tl.int64)
     half = tl.program_id(1)
     tok = tl.load(ids_ptr + n).to(tl.int64)

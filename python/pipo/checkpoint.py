@@ -23,7 +23,7 @@ import torch
 from .config import ModelConfig, from_hf_config
 from .model import ARModel, PIPOModel
 
-__all__ = ["BUILTIN_DIR", "load", "load_builtin", "save"]
+__all__ = ["BUILTIN_DIR", "load", "load_builtin", "random_model", "save"]
 
 BUILTIN_DIR = Path(__file__).parent / "checkpoints"
 FORMAT_VERSION = 1
@@ -164,10 +164,23 @@ def load_builtin(
         kind,
         folder,
     )
-    # Built on the meta device and then materialised, so a 4B preset never exists in float32 on
-    # the host; init_random fills every parameter.
+    return random_model(kind, preset_config, seed, device, dtype)
+
+
+def random_model(
+    kind: str,
+    config: ModelConfig,
+    seed: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> ARModel | PIPOModel:
+    """Random weights of ``config`` (kind "ar" | "pipo"), for benchmarks: speed does not depend
+    on the weights. Built on the meta device and then materialised, so a 4B preset never exists
+    in float32 on the host; init_random fills every parameter."""
+    if kind not in ("ar", "pipo"):
+        raise ValueError(f"kind: expected 'ar' or 'pipo', got {kind!r}")
     with torch.device("meta"):
-        model = (PIPOModel if kind == "pipo" else ARModel)(preset_config)
+        model = (PIPOModel if kind == "pipo" else ARModel)(config)
     model = model.to(dtype=dtype or torch.float32).to_empty(device=device)
     model.init_random(seed)
     return model

@@ -97,6 +97,9 @@ class Stats:
     token2_committed: int = 0
     verify_rounds: int = 0
     accepted_draft_tokens: int = 0
+    ttft_s: float = 0.0  # mean over requests: generate() start -> the request's first token
+    tpot_s: float = 0.0  # mean over requests: first -> last token, per further token
+    peak_kv_bytes: int = 0  # most KV-cache bytes held at once (pages in use, every cache)
 
     @property
     def tokens_per_s(self) -> float:
@@ -123,6 +126,8 @@ class Stats:
             f"time={self.seconds:.3f}s",
             f"tokens/s={self.tokens_per_s:.1f}",
             f"tokens/pass={self.tokens_per_pass:.2f}",
+            f"ttft={self.ttft_s * 1e3:.1f}ms",
+            f"tpot={self.tpot_s * 1e3:.2f}ms",
         ]
         if self.mode == "pipo":
             parts.append(f"token2_commit_rate={self.token2_commit_rate:.3f}")
@@ -146,6 +151,8 @@ class _Seq:
         self.last: list[int] = []  # ar: [next input token]; pipo: the last emitted pair
         self.d_len = 0  # spec: drafter pairs that are final (equal to the committed text)
         self.d_mtp = 0  # spec: drafter MTP entries that are final
+        self.t_first: float | None = None  # perf_counter() when the first token was emitted
+        self.t_last: float | None = None
 
     @property
     def done(self) -> bool:
@@ -250,6 +257,7 @@ class Engine:
                 running = self._retire(running + admitted)
                 if running:
                     self._step(running)
+                    self._track_kv()
                     running = self._retire(running)
         finally:  # an exception must not leave pages owned by dead requests
             for s in seqs:
@@ -259,6 +267,7 @@ class Engine:
             torch.cuda.synchronize(self.device)
         self.stats.seconds = time.perf_counter() - start
         self.stats.new_tokens = sum(len(s.out) for s in seqs)
+        self._latency_stats(seqs, start)
         return [self._result(s) for s in seqs]
 
     # ------------------------------------------------------------------ bookkeeping
@@ -328,6 +337,9 @@ class Engine:
         s.out.append(token)
         if token != cfg.pad_id:
             s.seen.add(token)
+            # Tokens reach the host after a device sync (.tolist()), so these times are real.
+            s.t_last = time.perf_counter()
+            s.t_first = s.t_first or s.t_last
         if p.stop:
             text = self._decode(s.out)
             hits = [i for i in (text.find(x) for x in p.stop) if i >= 0]
@@ -338,6 +350,20 @@ class Engine:
             s.finish_reason = "length"
             return False
         return True
+
+    def _track_kv(self) -> None:
+        held = sum((c.num_pages - c.num_free_pages) * c.bytes_per_page for c in self._caches())
+        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, held)
+
+    def _latency_stats(self, seqs: list[_Seq], start: float) -> None:
+        firsts = [s.t_first - start for s in seqs if s.t_first is not None]
+        per_token = [
+            (s.t_last - s.t_first) / (n - 1)
+            for s in seqs
+            if (n := sum(t != self.config.pad_id for t in s.out)) > 1
+        ]
+        self.stats.ttft_s = sum(firsts) / len(firsts) if firsts else 0.0
+        self.stats.tpot_s = sum(per_token) / len(per_token) if per_token else 0.0
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([t for t in ids if t != self.config.pad_id])

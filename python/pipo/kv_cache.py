@@ -48,6 +48,15 @@ class PagedKVCache:
         self.v_caches = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out low pages first
         self._pages: dict[int, list[int]] = {}
+        # K and V of every layer for one page.
+        self.bytes_per_page = (
+            2
+            * num_layers
+            * page_size
+            * num_kv_heads
+            * head_dim
+            * (torch.empty((), dtype=dtype).element_size())
+        )
 
     @property
     def num_free_pages(self) -> int:

@@ -412,9 +412,6 @@ cudaError_t launch_dims(const PagedAttentionParams& p, int num_tiles, int rpw,
 
 }  // namespace attn
 
-// Heads dims the CUDA kernel is compiled for.
-inline bool paged_attention_supports_head_dim(int d) { return d == 64 || d == 128 || d == 256; }
-
 // The KV split count the launcher uses when none is forced: about two blocks per SM, at least 256
 // positions of the block table's capacity per split, at most 64. From shapes only.
 inline int paged_attention_auto_splits(const PagedAttentionParams& p, int device) {
