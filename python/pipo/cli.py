@@ -3,6 +3,7 @@
     pipo generate --prompt "Hello" --mode pipo --threshold 0.5 --max-new-tokens 64
     pipo generate --prompt "Hello" --mode spec --temperature 0.8 --top-p 0.95 --seed 1
     pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
+    pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
 
 Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
 checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (random weights of ``--preset`` with a warning
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
@@ -68,7 +70,51 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--page-size", type=int, default=16)
     g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (source checkout only)",
+        description="Run benchmarks/run_all.py: every benchmark, then plots and SUMMARY.md. "
+        "Needs a source checkout (pip install -e .): benchmarks/ is not part of the package.",
+    )
+    b.add_argument("--quick", action="store_true", help="each benchmark's quick preset")
+    b.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    b.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
+    b.add_argument("--only", nargs="+", help="run only these benchmarks (names after bench_)")
+    b.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw plots and write SUMMARY.md at the end (default: on)",
+    )
+
+
+def _bench(args) -> int:
+    """Forward to benchmarks.run_all of the source checkout this package is installed from."""
+    root = Path(__file__).resolve().parents[2]  # <checkout>/python/pipo/cli.py -> <checkout>
+    if not (root / "benchmarks" / "run_all.py").is_file():
+        raise SystemExit(
+            "pipo bench: the benchmarks live in the source checkout (benchmarks/ next to python/), "
+            f"not in the installed package, and none was found at {root}. Clone the repository, "
+            "`pip install -e .` and run `pipo bench` (or `python -m benchmarks.run_all`) there."
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import benchmarks
+    from benchmarks import run_all
+
+    if Path(benchmarks.__file__).resolve().parent != root / "benchmarks":
+        raise SystemExit(f"pipo bench: another 'benchmarks' package shadows {root / 'benchmarks'}")
+    argv = ["--quick"] if args.quick else []
+    argv += ["--device", args.device] if args.device else []
+    argv += ["--out", args.out] if args.out else []
+    argv += ["--only", *args.only] if args.only else []
+    argv += [] if args.plots else ["--no-plots"]
+    return run_all.main(argv)
 
 
 def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
@@ -114,6 +160,8 @@ class _IdTokenizer:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
