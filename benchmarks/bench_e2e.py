@@ -283,7 +283,9 @@ def main(argv=None) -> None:
     if args.threshold is None:
         args.threshold = 0.5 if args.preset == "builtin" else -1.0
     if args.quick:
-        batch, lens, new, repeats = [1, 8], [128, 1024], 32, 1
+        batch, lens, new, repeats = (
+            ([1, 8], [128, 1024], 32, 1) if gpu else ([1, 4], [128, 512], 32, 1)
+        )
     elif gpu:
         batch, lens, new, repeats = [1, 8, 32], [128, 1024, 4096, 16384], 128, 2
     else:

@@ -4,25 +4,27 @@
 #   2. at the same time: the test suite's GPU tests (CUDA and Triton backends, the engine's CUDA
 #      and CUDA-graph tests), compute-sanitizer memcheck over the CUDA-backend op tests, and
 #      racecheck over the kernels that use shared memory,
-#   3. every benchmark (the end-to-end one included),
+#   3. the end-to-end benchmark (Qwen3-4B-like random weights, CUDA graphs; batch 1 at prompts
+#      128..16k, then batch 8 and 32), then every op benchmark,
 # with results and logs under $PIPO_RESULTS_DIR/<device-name>/ (default benchmarks/results/) and a
 # short summary table printed last. Every step has a time limit (seconds, overridable below) so the
 # whole check fits a 15-minute lease; a step stopped at its limit reports rc 124 and keeps its log.
 #
-#   STEPS="build tests memcheck racecheck bench" (default: all), BENCH_ARGS="--quick",
-#   BENCHES="kv_cache latent ..." (default: every benchmarks/bench_*.py), TEST_WORKERS=6
+#   STEPS="build tests memcheck racecheck e2e bench" (default: all), BENCH_ARGS="--quick",
+#   BENCHES="kv_cache latent ..." (default: every op benchmark), TEST_WORKERS=6
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS_ROOT="${PIPO_RESULTS_DIR:-benchmarks/results}"
-STEPS="${STEPS:-build tests memcheck racecheck bench}"
+STEPS="${STEPS:-build tests memcheck racecheck e2e bench}"
 OP_TESTS="tests/test_kv_cache.py tests/test_latent.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py"
 MEMCHECK_TESTS="${MEMCHECK_TESTS:-$OP_TESTS}"
 # The CUDA kernels with shared memory: latent GEMM tiles, attention, verify, sampling reductions.
 RACECHECK_TESTS="${RACECHECK_TESTS:-tests/test_latent.py tests/test_attention.py tests/test_verify.py tests/test_sampling.py}"
-BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$//')}"
+BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$//' | grep -v '^e2e$')}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LIMIT_BUILD="${LIMIT_BUILD:-300}" LIMIT_TESTS="${LIMIT_TESTS:-300}" LIMIT_SAN="${LIMIT_SAN:-300}"
-LIMIT_BENCH="${LIMIT_BENCH:-120}"
+LIMIT_BENCH="${LIMIT_BENCH:-120}" LIMIT_E2E="${LIMIT_E2E:-300}"
+E2E_NEW_TOKENS="${E2E_NEW_TOKENS:-64}"
 export PYTHONUNBUFFERED=1
 has_step() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -85,14 +87,21 @@ if has_step racecheck; then
 fi
 wait
 
+if has_step e2e; then
+  run_step e2e_batch1 "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
+    --batch 1 --prompt-lens 128 1024 4096 16384 --new-tokens "$E2E_NEW_TOKENS" --repeats 2 --tag b1
+  run_step e2e_batched "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
+    --batch 8 32 --prompt-lens 128 2048 --new-tokens "$E2E_NEW_TOKENS" --repeats 1 --tag batched
+fi
 if has_step bench; then
   for name in $BENCHES; do
     # shellcheck disable=SC2086
     run_step "bench_$name" "$LIMIT_BENCH" python3 -m "benchmarks.bench_$name" --device cuda \
       --out "$DEST" $BENCH_ARGS
   done
-  python3 -m benchmarks.summarize "$DEST" >/dev/null
 fi
+python3 -m benchmarks.plots "$DEST" >/dev/null 2>&1
+python3 -m benchmarks.summarize "$DEST" >/dev/null
 
 echo
 echo "Results and logs: $DEST"

@@ -1,8 +1,8 @@
-// Launch glue of the fused latent projections (arguments are checked in checked.cpp): device
-// guard, split-K workspace, current stream.
+// Launch glue of the latent projections (arguments are checked in checked.cpp): device guard,
+// current stream, the fused decode launch or the gather + cuBLAS prefill path.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/all.h>
 
 #include "../latent.h"
 #include "pipo/latent.cuh"
@@ -10,40 +10,44 @@
 namespace pipo {
 namespace {
 
-int multiprocessors(const at::Device& device) {
-  int sms = 0;
-  const cudaError_t err =
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index());
-  TORCH_CHECK(err == cudaSuccess, "cudaDeviceGetAttribute failed: ", cudaGetErrorString(err));
-  return sms;
-}
-
-template <typename T, bool kUnfold>
-cudaError_t launch_typed(LatentParams p, const at::Tensor& like) {
-  // K-split partial sums from the caching allocator: sized by shapes only, no sync.
-  p.splits = latent_split_k<T>(p, multiprocessors(like.device()));
-  at::Tensor partial;
-  if (p.splits > 1) {
-    partial = at::empty({p.splits, p.n, p.o}, like.options().dtype(at::kFloat));
-    p.partial = partial.data_ptr<float>();
-  }
-  return launch_latent<T, kUnfold>(p, c10::cuda::getCurrentCUDAStream());
-}
-
-template <bool kUnfold>
-void launch(const LatentParams& p, const at::Tensor& like, const char* op) {
-  cudaError_t err;
-  switch (like.scalar_type()) {
+// Calls f(T{}) with T the CUDA element type of `dtype` (float32, float16 or bfloat16).
+template <typename F>
+cudaError_t by_dtype(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
     case at::kFloat:
-      err = launch_typed<float, kUnfold>(p, like);
-      break;
+      return f(float{});
     case at::kHalf:
-      err = launch_typed<__half, kUnfold>(p, like);
-      break;
+      return f(__half{});
     default:
-      err = launch_typed<__nv_bfloat16, kUnfold>(p, like);
+      return f(__nv_bfloat16{});
+  }
+}
+
+// Decode sizes: one fused launch. Prefill sizes: the gather kernel writes A [N, 2H], then
+// cuBLAS (through ATen, on the current stream) computes A @ W^T with the bias, then SiLU.
+template <bool kUnfold>
+void launch(const LatentParams& p, const at::Tensor& like, const at::Tensor& weight,
+            const std::optional<at::Tensor>& bias, at::Tensor& out, const char* op) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  cudaError_t err;
+  at::Tensor a;
+  if (p.n <= kLatentFusedMaxRows) {
+    err = by_dtype(like.scalar_type(),
+                   [&](auto tag) { return launch_latent<decltype(tag), kUnfold>(p, stream); });
+  } else {
+    a = at::empty({p.n, 2 * p.h}, like.options());
+    err = by_dtype(like.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      return launch_latent_gather<T, kUnfold>(p, static_cast<T*>(a.data_ptr()), stream);
+    });
   }
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+  if (!a.defined()) return;
+  if (bias.has_value())
+    at::addmm_out(out, *bias, a, weight.t());
+  else
+    at::mm_out(out, a, weight.t());
+  if (p.silu) at::silu_(out);
 }
 
 }  // namespace
@@ -65,7 +69,7 @@ at::Tensor fold_pairs_cuda_launch(const at::Tensor& pair_ids, const at::Tensor& 
   p.h = embedding.size(1);
   p.o = weight.size(0);
   p.silu = parse_activation(activation);
-  launch<false>(p, embedding, "fold_pairs");
+  launch<false>(p, embedding, weight, bias, out, "fold_pairs");
   return out;
 }
 
@@ -95,7 +99,7 @@ at::Tensor unfold_input_cuda_launch(const at::Tensor& token_ids, const at::Tenso
   p.h = embedding.size(1);
   p.o = weight.size(0);
   p.eps = static_cast<float>(eps);
-  launch<true>(p, embedding, "unfold_input");
+  launch<true>(p, embedding, weight, std::nullopt, out, "unfold_input");
   return out;
 }
 
