@@ -148,7 +148,7 @@ def test_matches_reference_cuda(sample, dtype, backend):
 @pytest.mark.parametrize("op", ["fold_pairs", "unfold_input"])
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_decode_and_prefill_regimes_cuda(op, n, dtype, backend):
-    """Both GPU regimes (GEMV-style decode, tiled prefill) at a real hidden size."""
+    """Both GPU regimes (fused GEMV decode, gather + GEMM prefill) at a real hidden size."""
     check_case((op, n, 1024, 1024, 4096, {}), dtype, "cuda", backend)
 
 
