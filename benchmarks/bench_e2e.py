@@ -207,13 +207,6 @@ def run(args) -> list[dict]:
     models = load_models(args, device, dtype)
     configs = [(b, n) for b in args.batch for n in args.prompt_lens]
     rows, skipped = [], []
-    for batch, prompt_len in progress(configs, desc="e2e"):
-        if not fits(args, models, batch, prompt_len, device):
-            skipped.append(f"batch {batch} x prompt {prompt_len}")
-            continue
-        for mode in args.modes:
-            rows.append(run_config(args, models, mode, batch, prompt_len, device))
-    add_ratios(rows)
     synthetic = args.preset != "builtin"
     extra = {
         "dtype": args.dtype,
@@ -231,6 +224,15 @@ def run(args) -> list[dict]:
     }
     name = f"e2e_{args.preset}" + (f"_{args.tag}" if args.tag else "")
     path = write_results(name, device, rows, extra, out_dir=args.out)
+    for batch, prompt_len in progress(configs, desc="e2e"):
+        if not fits(args, models, batch, prompt_len, device):
+            skipped.append(f"batch {batch} x prompt {prompt_len}")
+            continue
+        for mode in args.modes:
+            rows.append(run_config(args, models, mode, batch, prompt_len, device))
+        add_ratios(rows)
+        # Written after every configuration, so a run stopped at a time limit keeps its rows.
+        path = write_results(name, device, rows, extra, out_dir=args.out)
     print(
         format_table(
             rows,

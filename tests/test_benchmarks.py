@@ -180,3 +180,24 @@ def test_run_all_rejects_unknown_benchmark():
 
     with pytest.raises(SystemExit):
         run_all.main(["--only", "no_such_benchmark", "--device", "cpu"])
+
+
+def test_e2e_benchmark_measures_every_mode(tmp_path):
+    """bench_e2e on the CPU (tiny random model): one row per mode with the latency, memory and
+    roofline fields, and PIPO holding fewer KV bytes per token than AR (one entry per pair)."""
+    from benchmarks import bench_e2e
+
+    argv = ["--device", "cpu", "--preset", "tiny", "--batch", "1", "--prompt-lens", "96"]
+    argv += ["--new-tokens", "6", "--repeats", "1", "--modes", "ar", "pipo", "--out", str(tmp_path)]
+    bench_e2e.main(argv)
+    data = json.loads((tmp_path / "e2e_tiny.json").read_text())
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert set(rows) == {"ar", "pipo"}
+    for r in rows.values():
+        assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["tokens_per_s"] > 0
+        assert r["kv_bytes_per_token"] > 0 and r["roofline_step_ms"] > 0
+    assert rows["pipo"]["tokens_per_pass"] == pytest.approx(2.0)  # threshold -1: all committed
+    # 102 tokens: AR holds 7 pages of 16 slots on 4 layers, PIPO 4 pages on 4 + 1 (MTP) layers.
+    assert rows["pipo"]["kv_bytes_per_token"] < 0.8 * rows["ar"]["kv_bytes_per_token"]
+    assert data["copy_bandwidth_gbs"] > 0 and data["matmul_tflops"] > 0
+    assert "synthetic" in data["weights"]
