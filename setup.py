@@ -18,6 +18,18 @@ def log(msg: str) -> None:
     print(f"[pipo-kernels build] {msg}", flush=True)
 
 
+def drop_static_libstdcxx() -> None:
+    """Removes -static-libstdc++ from the link command the interpreter's sysconfig (or the
+    environment) hands setuptools; some standalone Python builds carry it."""
+    import sysconfig
+
+    for var in ("LDSHARED", "LDCXXSHARED"):
+        value = os.environ.get(var) or sysconfig.get_config_var(var) or ""
+        if "-static-libstdc++" in value:
+            os.environ[var] = value.replace("-static-libstdc++", " ").strip()
+            log(f"{var}: dropped -static-libstdc++ (the extension must share torch's libstdc++)")
+
+
 def read_sources() -> list[str]:
     text = (ROOT / "csrc" / "sources.txt").read_text()
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
@@ -99,7 +111,12 @@ def main() -> None:
 
     sources = read_sources()
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-DPIPO_PYTHON_EXTENSION"]
-    ext_kwargs: dict = {"extra_link_args": ["-fopenmp"]}
+    # libstdc++ must be the process's shared one: torch already loaded libstdc++.so.6, and a
+    # second, static copy inside _C crashed every integer formatted into an error message on the
+    # GPU machine (benchmarks/NOTES.md, run 2). The explicit -lstdc++ resolves every C++ runtime
+    # symbol from the shared library before any -static-libstdc++ archive could be searched.
+    ext_kwargs: dict = {"extra_link_args": ["-fopenmp", "-lstdc++"]}
+    drop_static_libstdcxx()
     if build_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             if torch.cuda.is_available():

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -47,3 +48,40 @@ def test_triton_ops_registered():
         pytest.skip("triton is not installed")
     for op in OPS:
         assert _backend.has_triton_op(op), op
+
+
+def _dynamic_section(path: str) -> str:
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf (binutils) is not installed")
+    return subprocess.run([readelf, "-dW", path], capture_output=True, text=True).stdout
+
+
+def test_extension_shares_the_process_libstdcxx():
+    """_C must link libstdc++.so.6 dynamically, like torch. A private static copy next to torch's
+    shared one made every integer formatted into an error message crash the process (seen on a
+    GPU machine: std::ostream's num_put facet resolved into the wrong copy)."""
+    if not pipo_kernels.HAS_C:
+        pytest.skip("pipo_kernels._C is not built")
+    so = pipo_kernels._C.__file__
+    assert "libstdc++.so" in _dynamic_section(so), f"{so} does not link libstdc++ dynamically"
+    nm = shutil.which("nm")
+    if nm is not None:
+        defined = subprocess.run([nm, "-D", "--defined-only", so], capture_output=True, text=True)
+        assert "_ZNSt6locale7classicEv" not in defined.stdout, f"{so} carries its own libstdc++"
+
+
+def test_integer_in_error_message_raises():
+    """The error path that crashed on the GPU machine: a shape check whose message formats
+    integers (through c10::str / std::ostream)."""
+    k_cache = torch.zeros(2, 4, 2, 8)
+    with pytest.raises(
+        RuntimeError, match=r"k_cache: expected a 4-D tensor, got shape \[4, 2, 8\]"
+    ):
+        torch.ops.pipo.kv_cache_append(
+            torch.zeros(1, 2, 8),
+            torch.zeros(1, 2, 8),
+            k_cache[0],
+            k_cache[1],
+            torch.zeros(1, dtype=torch.long),
+        )

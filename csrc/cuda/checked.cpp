@@ -1,8 +1,7 @@
 // The CUDA entry points of every op: argument checks, then the launch glue in the .cu files.
 //
-// The checks live here, in a file the host compiler builds, so that a bad argument throws its
-// c10::Error from host-compiled code only: on the GPU machine (torch 2.11, nvcc 13.0) errors thrown
-// from inside the nvcc-compiled glue crashed the process instead of reaching Python.
+// Keeping the checks in one host-compiled file means the nvcc-compiled glue only launches, and
+// every CUDA op's checks read side by side (the CPU entry points share the same check helpers).
 #include <ATen/ATen.h>
 
 #include "../attention.h"
