@@ -24,7 +24,7 @@ BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$
 BENCH_ARGS="${BENCH_ARGS:-}"
 LIMIT_BUILD="${LIMIT_BUILD:-300}" LIMIT_TESTS="${LIMIT_TESTS:-300}" LIMIT_SAN="${LIMIT_SAN:-300}"
 LIMIT_BENCH="${LIMIT_BENCH:-120}" LIMIT_E2E="${LIMIT_E2E:-300}"
-E2E_NEW_TOKENS="${E2E_NEW_TOKENS:-64}"
+E2E_NEW_TOKENS="${E2E_NEW_TOKENS:-32}"
 export PYTHONUNBUFFERED=1
 has_step() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -88,12 +88,16 @@ fi
 wait
 
 if has_step e2e; then
+  # Most important first: batch 1 over the prompt lengths (the TTFT / TPOT targets), then the
+  # batched rows, then spec (with random weights it accepts nothing and runs eagerly: slow).
   run_step e2e_batch1 "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
-    --batch 1 --prompt-lens 128 1024 4096 16384 --new-tokens "$E2E_NEW_TOKENS" --repeats 2 --tag b1
-  # Random weights accept almost no draft, so spec is timed at batch 1 only.
+    --batch 1 --prompt-lens 4096 16384 1024 128 --modes ar pipo --new-tokens "$E2E_NEW_TOKENS" \
+    --repeats 1 --tag b1
   run_step e2e_batched "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
     --batch 8 32 --prompt-lens 128 2048 --modes ar pipo --new-tokens "$E2E_NEW_TOKENS" \
     --repeats 1 --tag batched
+  run_step e2e_spec "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
+    --batch 1 --prompt-lens 128 --new-tokens 16 --repeats 1 --tag spec
 fi
 if has_step bench; then
   for name in $BENCHES; do
