@@ -154,10 +154,14 @@ def load_builtin(
     dtype: torch.dtype | None = None,
 ) -> ARModel | PIPOModel:
     """The built-in checkpoint ``checkpoints/<kind>`` (kind "ar" | "pipo") of the package, or,
-    until one is shipped, random weights of ``preset_config`` with a warning."""
+    where none is shipped, random weights of ``preset_config`` with a warning.
+
+    The shipped checkpoints are stored in float16 (to stay under 8 MB); they load as float32
+    unless ``dtype`` says otherwise. Their own config.json gives their shapes (``preset_config``
+    only shapes the random fallback)."""
     folder = BUILTIN_DIR / kind
     if (folder / "config.json").is_file():
-        return load(folder, device=device, dtype=dtype)
+        return load(folder, device=device, dtype=dtype or torch.float32)
     _log.warning(
         "no built-in %s checkpoint under %s yet: using RANDOM weights of the given preset "
         "(the output is meaningless; pass --model PATH for real weights)",

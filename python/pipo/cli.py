@@ -68,7 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--page-size", type=int, default=16)
     g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_train(sub)
     return parser
+
+
+def _add_train(sub) -> None:
+    """``pipo train``: the built-in models' training stages (pipo.train)."""
+    from .train import add_arguments
+
+    t = sub.add_parser("train", help="train the AR / PIPO model on the stdlib corpus")
+    add_arguments(t)
 
 
 def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
@@ -114,6 +123,10 @@ class _IdTokenizer:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "train":
+        from . import train
+
+        return train.main(args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
