@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("threshold", "θ", ""),
                 ("tokens_per_s", "tokens/s", ".1f"),
                 ("tokens_per_pass", "tokens/pass", ".2f"),
+                ("ms_per_pass", "ms/pass", ".2f"),
                 ("commit_rate", "commit", ".3f"),
                 ("speedup", "vs ar", ".2f"),
             ],

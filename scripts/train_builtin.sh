@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The built-in models' recipe on 2 CPU threads: AR from scratch, then PIPO initialised from the
+# The built-in models' recipe on a 2-core CPU (one torch thread per stage: on the shared 2-core
+# development machine that was faster than two): AR from scratch, then PIPO initialised from the
 # AR backbone, then on-policy distillation of PIPO from AR. Each stage ends at its step count or
 # its time budget (minutes), whichever comes first, with a fully decayed learning rate; the
 # budgets add up to 45 minutes. Re-running resumes each stage from its state.pt.

@@ -3,10 +3,11 @@
     pipo generate --prompt "Hello" --mode pipo --threshold 0.5 --max-new-tokens 64
     pipo generate --prompt "Hello" --mode spec --temperature 0.8 --top-p 0.95 --seed 1
     pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
+    pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
 
 Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
-checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (random weights of ``--preset`` with a warning
-until those are shipped).
+checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (byte-level models trained on the Python standard
+library, docs/training.md).
 """
 
 from __future__ import annotations
