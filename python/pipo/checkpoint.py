@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, from_hf_config
+from .config import PRESETS, ModelConfig, from_hf_config
 from .model import ARModel, PIPOModel
 
 __all__ = ["BUILTIN_DIR", "load", "load_builtin", "random_model", "save"]
@@ -153,13 +153,20 @@ def load_builtin(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> ARModel | PIPOModel:
-    """The built-in checkpoint ``checkpoints/<kind>`` (kind "ar" | "pipo") of the package, or,
-    until one is shipped, random weights of ``preset_config`` with a warning."""
+    """The built-in checkpoint ``checkpoints/<kind>`` (kind "ar" | "pipo") of the package when
+    ``preset_config`` is the ``tiny`` preset (the byte-level default model it stands for) or the
+    checkpoint's own config; otherwise, or where none is shipped, random weights of
+    ``preset_config`` with a warning.
+
+    The shipped checkpoints are stored in float16 (to stay under 8 MB) and load as float32 unless
+    ``dtype`` says otherwise; their config.json gives their shapes (docs/training.md)."""
     folder = BUILTIN_DIR / kind
     if (folder / "config.json").is_file():
-        return load(folder, device=device, dtype=dtype)
+        shipped = ModelConfig.from_dict(_read_json(folder / "config.json")["config"])
+        if preset_config in (PRESETS["tiny"], shipped):
+            return load(folder, device=device, dtype=dtype or torch.float32)
     _log.warning(
-        "no built-in %s checkpoint under %s yet: using RANDOM weights of the given preset "
+        "no built-in %s checkpoint for these shapes under %s: using RANDOM weights of the preset "
         "(the output is meaningless; pass --model PATH for real weights)",
         kind,
         folder,

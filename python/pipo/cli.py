@@ -4,10 +4,11 @@
     pipo generate --prompt "Hello" --mode spec --temperature 0.8 --top-p 0.95 --seed 1
     pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
     pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
+    pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
 
 Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
-checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (random weights of ``--preset`` with a warning
-until those are shipped).
+checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (byte-level models trained on the Python standard
+library, docs/training.md).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     _add_bench_parser(sub)
+    _add_train(sub)
     return parser
 
 
@@ -115,6 +117,14 @@ def _bench(args) -> int:
     argv += ["--only", *args.only] if args.only else []
     argv += [] if args.plots else ["--no-plots"]
     return run_all.main(argv)
+
+
+def _add_train(sub) -> None:
+    """``pipo train``: the built-in models' training stages (pipo.train)."""
+    from .train import add_arguments
+
+    t = sub.add_parser("train", help="train the AR / PIPO model on the stdlib corpus")
+    add_arguments(t)
 
 
 def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
@@ -162,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "train":
+        from . import train
+
+        return train.main(args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,138 @@
+"""The training corpus of the built-in model: the Python standard library of the running
+interpreter, byte-tokenised, split by file into train and held-out sets.
+
+Every machine that runs pipo has this corpus offline. The split is a pure function of each file's
+path relative to the stdlib root (a SHA-1 bucket), so it is the same on every machine with the same
+Python version and does not depend on directory-listing order.
+
+Example::
+
+    train, heldout = load_corpus()                 # uint8-free int16 token streams
+    batch = sample_batch(train, 8, 256, torch.Generator().manual_seed(0))   # int64 [8, 256]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tokenizer import ByteTokenizer
+
+__all__ = [
+    "EXCLUDED_DIRS",
+    "corpus_files",
+    "encode_files",
+    "load_corpus",
+    "pad_split",
+    "sample_batch",
+    "split_files",
+    "stdlib_root",
+]
+
+# Third-party packages and the (huge, repetitive) test suites are left out.
+EXCLUDED_DIRS = frozenset(
+    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib", "lib2to3"}
+)
+
+
+def stdlib_root() -> Path:
+    """The running interpreter's standard library folder (``sysconfig``'s "stdlib" path)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def corpus_files(root: str | Path | None = None) -> list[Path]:
+    """Every ``*.py`` file under ``root`` (default: the stdlib), sorted, excluded dirs skipped."""
+    root = Path(root) if root is not None else stdlib_root()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS)
+        files += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
+    return sorted(files)
+
+
+def split_files(
+    files: list[Path], root: str | Path | None = None, heldout_fraction: float = 0.05
+) -> tuple[list[Path], list[Path]]:
+    """(train, heldout): a file is held out when the SHA-1 of its root-relative path falls in the
+    first ``heldout_fraction`` of the hash range. Deterministic and order-independent."""
+    root = Path(root) if root is not None else stdlib_root()
+    train, heldout = [], []
+    for f in files:
+        digest = hashlib.sha1(f.relative_to(root).as_posix().encode()).digest()
+        bucket = int.from_bytes(digest[:8], "big") / 2**64
+        (heldout if bucket < heldout_fraction else train).append(f)
+    return train, heldout
+
+
+def encode_files(files: list[Path]) -> np.ndarray:
+    """int16 [total]: the files' bytes laid end to end, each followed by EOS."""
+    eos = ByteTokenizer.eos_id
+    parts = []
+    for f in files:
+        parts.append(np.frombuffer(f.read_bytes(), dtype=np.uint8).astype(np.int16))
+        parts.append(np.array([eos], dtype=np.int16))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+
+def load_corpus(
+    root: str | Path | None = None, heldout_fraction: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, heldout) int16 token streams of the stdlib corpus (see ``encode_files``)."""
+    train, heldout = split_files(corpus_files(root), root, heldout_fraction)
+    return encode_files(train), encode_files(heldout)
+
+
+def sample_batch(
+    stream: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
+) -> torch.Tensor:
+    """int64 [batch_size, seq_len]: BOS then a random crop of seq_len - 1 tokens of ``stream``.
+
+    Every window starts with BOS, as every prompt the engine encodes does, so generation from an
+    arbitrary prompt is in distribution.
+    """
+    starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=generator)
+    idx = starts.unsqueeze(1).numpy() + np.arange(seq_len - 1)
+    body = torch.from_numpy(stream[idx].astype(np.int64))
+    bos = torch.full((batch_size, 1), ByteTokenizer.bos_id, dtype=torch.int64)
+    return torch.cat([bos, body], 1)
+
+
+def pad_split(
+    tokens: torch.Tensor,
+    max_fraction: float,
+    generator: torch.Generator,
+    pad_id: int = ByteTokenizer.pad_id,
+    protect: int = 0,
+) -> torch.Tensor:
+    """PIPO's PAD-split augmentation of a batch of token rows.
+
+    tokens int64 [B, T] (T even) -> int64 [B, T]: per row a fraction f ~ U[0, max_fraction] of the
+    pairs (t_2i, t_2i+1) with i >= ``protect`` is split into (t_2i, PAD), (t_2i+1, PAD), as the
+    confidence gate produces at inference. The row is then cut back to T tokens (the tail that no
+    longer fits is dropped), so PADs only ever sit at odd positions.
+    """
+    _b, t = tokens.shape
+    if t % 2:
+        raise ValueError(f"tokens: expected an even length, got {t}")
+    rows = []
+    num_pairs = t // 2
+    for row in tokens:
+        frac = float(torch.rand((), generator=generator)) * max_fraction
+        split = torch.rand(num_pairs, generator=generator) < frac
+        split[:protect] = False
+        pairs = row.view(num_pairs, 2)
+        out = []
+        for i in range(num_pairs):
+            if split[i]:
+                out += [pairs[i, 0], pad_id, pairs[i, 1], pad_id]
+            else:
+                out += [pairs[i, 0], pairs[i, 1]]
+            if len(out) >= t:
+                break
+        rows.append(torch.tensor([int(x) for x in out[:t]], dtype=torch.int64))
+    return torch.stack(rows)
