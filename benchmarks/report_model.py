@@ -17,7 +17,7 @@ Measures on the held-out stdlib files (pipo.data) and on this machine's CPU:
 Writes results/<device>/model_report.json and model_report.png and prints a markdown table.
 
     python -m benchmarks.report_model                     # the shipped checkpoints
-    python -m benchmarks.report_model --ar runs/builtin/ar/final --pipo runs/builtin/opd/final
+    python -m benchmarks.report_model --ar runs/builtin/ar/final --pipo runs/builtin/pipo/final
 """
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ from pipo.model import ARModel, AttnMeta, PIPOModel
 from pipo.train import LN2, dense_hidden, dense_pipo
 
 THRESHOLDS = [round(0.1 * i, 1) for i in range(11)]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (so the report does not
+    record the checkout's location), else as given."""
+    try:
+        return Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def heldout_windows(stream: np.ndarray, count: int, length: int, seed: int = 7) -> torch.Tensor:
@@ -332,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cpu")
     report = {
         "title": f"built-in model report ({device_name(dev)}, {args.threads} thread(s))",
-        "ar_checkpoint": str(args.ar),
-        "pipo_checkpoint": str(args.pipo),
+        "ar_checkpoint": repo_relative(args.ar),
+        "pipo_checkpoint": repo_relative(args.pipo),
         "ar_bpb": ar_bpb_gated,
         "ar_bpb_all_windows": ar_bpb,
         "auc_agree": auc_agree,
@@ -343,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         "quality": quality,
         "speed": speed_rows,
         "roc": roc_points(conf, agree),
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "settings": {
+            k: repo_relative(v) if k in ("ar", "pipo") else str(v) for k, v in vars(args).items()
+        },
         "quality_seconds": quality_s,
     }
     folder = args.out_dir or RESULTS_DIR / device_name(dev)

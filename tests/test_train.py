@@ -12,7 +12,14 @@ from pipo_helpers import requires_safetensors, small_config
 
 from pipo.checkpoint import BUILTIN_DIR, load_builtin
 from pipo.config import preset
-from pipo.data import corpus_files, pad_split, sample_batch, split_files, stdlib_root
+from pipo.data import (
+    corpus_files,
+    line_starts,
+    pad_split,
+    sample_batch,
+    split_files,
+    stdlib_root,
+)
 from pipo.engine import Engine, Request, SamplingParams
 from pipo.model import ARModel, AttnMeta, PIPOModel
 from pipo.tokenizer import ByteTokenizer
@@ -50,6 +57,31 @@ def test_sample_batch_starts_with_bos():
     assert batch.shape == (4, 32) and batch.dtype == torch.int64
     assert (batch[:, 0] == ByteTokenizer.bos_id).all()
     assert ((batch[:, 2:] - batch[:, 1:-1]) % 256 == 1).all()  # contiguous crops
+
+
+def test_sample_batch_crops_start_at_line_starts():
+    # Lines "A<digits>\n" of varying length, files separated by EOS: every line starts with "A".
+    rng = random.Random(0)
+    parts = []
+    for _file in range(20):
+        for _line in range(rng.randint(1, 30)):
+            parts += [ord("A")] + [ord("0") + rng.randrange(10)] * rng.randint(0, 40) + [10]
+        parts.append(ByteTokenizer.eos_id)
+    stream = np.array(parts, dtype=np.int16)
+    starts = line_starts(stream)
+    assert starts[0] == 0 and (stream[starts] == ord("A")).all()
+    assert len(starts) == (stream == ord("A")).sum()
+    g = torch.Generator().manual_seed(0)
+    batch = sample_batch(stream, 256, 48, g)
+    assert (batch[:, 0] == ByteTokenizer.bos_id).all()
+    assert (batch[:, 1] == ord("A")).all()
+    # deterministic for a seeded generator, and more than one start is drawn
+    again = sample_batch(stream, 256, 48, torch.Generator().manual_seed(0))
+    assert torch.equal(batch, again)
+    assert len({tuple(r.tolist()) for r in batch}) > 10
+    # the crop never runs past the stream
+    with pytest.raises(ValueError):
+        sample_batch(stream[:20], 1, 64, g)
 
 
 def test_pad_split_keeps_shape_and_inserts_pad():
@@ -192,3 +224,9 @@ def test_shipped_checkpoints_fit_and_generate_code():
         printable = sum(c.isprintable() or c in "\n\t" for c in text)
         assert len(text) >= 20 and printable / len(text) > 0.95, (mode, text)
         assert sum(c.isalpha() for c in text) > 5, (mode, text)
+    # Greedy decoding after a line start must not collapse into whitespace (the first shipped
+    # models, trained on crops at random byte offsets, printed only spaces here).
+    for mode, model in (("ar", ar), ("pipo", pipo)):
+        engine = Engine(model, mode=mode, threshold=0.5, max_batch_size=1)
+        (result,) = engine.generate([Request("import os\n", params)])
+        assert sum(not c.isspace() for c in result.text) > len(result.text) / 2, (mode, result.text)

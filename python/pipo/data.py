@@ -27,6 +27,7 @@ __all__ = [
     "EXCLUDED_DIRS",
     "corpus_files",
     "encode_files",
+    "line_starts",
     "load_corpus",
     "pad_split",
     "sample_batch",
@@ -87,16 +88,42 @@ def load_corpus(
     return encode_files(train), encode_files(heldout)
 
 
+_LINE_STARTS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def line_starts(stream: np.ndarray) -> np.ndarray:
+    """int64 [n]: the offsets in ``stream`` where a line starts (0, or the token after a newline
+    byte or an EOS), except those holding EOS itself. Computed once per stream object and cached
+    (the cache keeps a reference to the stream, so the key cannot be reused)."""
+    cached = _LINE_STARTS.get(id(stream))
+    if cached is not None and cached[0] is stream:
+        return cached[1]
+    prev = stream[:-1]
+    after = (prev == ord("\n")) | (prev == ByteTokenizer.eos_id)
+    starts = np.concatenate([[0], np.flatnonzero(after) + 1]).astype(np.int64)
+    starts = starts[stream[starts] != ByteTokenizer.eos_id] if len(stream) else starts[:0]
+    _LINE_STARTS[id(stream)] = (stream, starts)
+    return starts
+
+
 def sample_batch(
     stream: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """int64 [batch_size, seq_len]: BOS then a random crop of seq_len - 1 tokens of ``stream``.
+    """int64 [batch_size, seq_len]: BOS then a crop of seq_len - 1 tokens of ``stream`` that begins
+    at a line start (see ``line_starts``), drawn uniformly among the line starts with a full crop
+    after them, with ``generator`` (deterministic for a seeded generator).
 
-    Every window starts with BOS, as every prompt the engine encodes does, so generation from an
-    arbitrary prompt is in distribution.
+    Every window starts with BOS followed by the start of a line, as every prompt the engine
+    encodes does, so generation from a prompt is in distribution. (Crops at arbitrary byte
+    offsets taught the model that BOS is followed by the middle of a line, mostly indentation,
+    and greedy decoding after a newline collapsed into runs of spaces.)
     """
-    starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=generator)
-    idx = starts.unsqueeze(1).numpy() + np.arange(seq_len - 1)
+    starts = line_starts(stream)
+    starts = starts[: np.searchsorted(starts, len(stream) - (seq_len - 1), side="right")]
+    if len(starts) == 0:
+        raise ValueError(f"stream: no line start with {seq_len - 1} tokens after it")
+    pick = torch.randint(0, len(starts), (batch_size,), generator=generator).numpy()
+    idx = starts[pick][:, None] + np.arange(seq_len - 1)
     body = torch.from_numpy(stream[idx].astype(np.int64))
     bos = torch.full((batch_size, 1), ByteTokenizer.bos_id, dtype=torch.int64)
     return torch.cat([bos, body], 1)
