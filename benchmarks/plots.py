@@ -2,7 +2,7 @@
 
     python -m benchmarks.plots benchmarks/results/cpu-AMD-EPYC    # -> .../plots/<benchmark>.png
 
-Op benchmarks (and bench_engine): one column per op (or kind / mode), x = size (tokens, n, kv_len,
+Op benchmarks (and the former bench_engine): one column per op (or kind / mode), x = size (tokens, n, kv_len,
 batch ...; log scale). Top row: ratio to the benchmark's baseline measured in the same run (log
 scale, >1 = faster, dashed line at 1), one line per backend / preset / shape. Bottom row, when the
 rows carry it: the fraction of the measured hardware limit (frac_limit, frac_copy_bw or roofline;
@@ -35,7 +35,8 @@ RATIO_KEYS = ("vs_baseline", "vs_sdpa", "vs_eager", "speedup_eager", "vs_referen
 FRAC_KEYS = ("frac_limit", "frac_copy_bw", "roofline")
 PANEL_KEYS = ("op", "kind", "mode")
 VARIANT_KEYS = ("backend",)
-# Per benchmark-name prefix: bench_engine's modes are the lines, and it has no panels.
+# Per benchmark-name prefix: engine_* (the former bench_engine, e.g. GPU run1/) draws modes as
+# lines, with no panels.
 OVERRIDES = {"engine": dict(panel=None, variant="mode")}
 # Columns never used to tell lines apart: measured values or labels of the measurement.
 NOT_LABELS = {"runs", "limit", "device"}

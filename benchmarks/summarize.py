@@ -77,7 +77,7 @@ def op_headline(name: str, rows: list[dict]) -> list[dict]:
             if (lay.panel is None or r.get(lay.panel) == panel)
             and _num(r.get(lay.x))
             and _num(r.get(lay.ratio))
-            # bench_engine's baseline mode (ar) is not a candidate: its ratio is 1 by definition.
+            # engine_* rows (former bench_engine): the baseline mode (ar) has ratio 1 by definition.
             and not (lay.variant and r.get(lay.variant) == lay.baseline)
         ]
         if not prow:

@@ -80,15 +80,15 @@ def test_layout_of_committed_results():
         "op",
         ["backend", "preset"],
     )
-    engine = plots.layout("engine_tiny", data["engine_tiny"]["rows"])
-    assert (engine.panel, engine.variant, engine.baseline) == (None, "mode", "ar")
+    e2e = data["e2e_builtin"]["rows"]  # the built-in model end to end
+    assert {r["mode"] for r in e2e} == {"ar", "pipo", "spec"}
 
 
 @needs_matplotlib
 def test_plots_png(results, capsys):
     written = plots.write_plots(results)
     names = {p.stem for p in written}
-    assert names == {*OP_BENCHMARKS, "engine_tiny", "e2e_tiny"}
+    assert names == {*OP_BENCHMARKS, "e2e_builtin", "e2e_tiny"}
     for path in written:
         width, height = _png_size(path)
         assert width > 300 and height > 200 and path.stat().st_size > 5000, path

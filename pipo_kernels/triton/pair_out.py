@@ -36,8 +36,8 @@ def _pair_out_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    # Float arguments arrive as float64 when inductor launches the kernel: pin them to float32.
-    threshold = tl.cast(threshold, tl.float32)
+    # eps arrives as float64 when inductor launches the kernel: pin it to float32 so the loop-
+    # carried sums stay float32 (threshold is only compared, at any precision).
     eps = tl.cast(eps, tl.float32)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
