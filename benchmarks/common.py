@@ -1,5 +1,7 @@
 """Shared benchmark machinery: timing (median of many runs), measured hardware ceilings, device
-names, JSON results under benchmarks/results/<device>/, and table printing.
+names, JSON results (default benchmarks/results/local/<device>/, ignored by git: the committed
+folders under benchmarks/results/ change only through an explicit --out), provenance of every
+result (`git describe` and a hash of the working tree) and table printing.
 
 Every benchmark reports ratios to a baseline measured in the same run and fractions of a ceiling
 measured in the same run (never a datasheet number)."""
@@ -7,6 +9,8 @@ measured in the same run (never a datasheet number)."""
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import platform
 import re
@@ -21,6 +25,9 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where a run writes without --out: ignored by git (.gitignore) and by benchmarks.readme_summary.
+LOCAL_RESULTS_DIR = RESULTS_DIR / "local"
+CHECKOUT = RESULTS_DIR.parent.parent
 
 # Model-shaped presets shared by the benchmarks (KV heads / head_dim / hidden / vocab).
 PRESETS = {
@@ -170,6 +177,50 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git(*args: str) -> str:
+    """stdout of a git command in the checkout ('' when git or the repository is missing)."""
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, cwd=CHECKOUT, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.decode("utf-8", "surrogateescape")
+
+
+def tree_sha256(root: Path = CHECKOUT) -> str:
+    """sha256 over the working tree's files that git tracks or would track (`git ls-files -co
+    --exclude-standard`: tracked plus untracked-not-ignored), each as its path and the sha256 of
+    its contents, in path order; benchmarks/results/ is left out (results are what a run writes,
+    not the code it ran). Unlike the commit, it describes the files as they are, so it holds even
+    where the checkout's .git is stale or the tree is dirty. '' without git."""
+    listing = _git("ls-files", "-co", "--exclude-standard", "-z")
+    if not listing:
+        return ""
+    digest = hashlib.sha256()
+    for rel in sorted(set(filter(None, listing.split("\0")))):
+        if rel.startswith("benchmarks/results/"):
+            continue
+        path = Path(root) / rel
+        if not path.is_file():  # deleted but still tracked: its absence is part of the state
+            digest.update(f"{rel}\0-\n".encode("utf-8", "surrogateescape"))
+            continue
+        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(f"{rel}\0{content}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict:
+    """What code produced a result, recorded mechanically: `git rev-parse HEAD`, `git describe
+    --always --dirty` and tree_sha256() (computed once per process)."""
+    return {
+        "git_commit": _git("rev-parse", "HEAD").strip(),
+        "git_describe": _git("describe", "--always", "--dirty").strip(),
+        "tree_sha256": tree_sha256(),
+    }
+
+
 def environment(device: torch.device) -> dict:
     try:
         import triton
@@ -177,16 +228,6 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=RESULTS_DIR.parent,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "device": device_name(device),
         "device_type": device.type,
@@ -195,7 +236,7 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "triton": triton_version,
         "python": platform.python_version(),
-        "git_commit": commit,
+        **provenance(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -208,8 +249,8 @@ def write_results(
     extra: dict | None = None,
     out_dir: Path | None = None,
 ) -> Path:
-    """Write {environment, extra, rows} as JSON to <out_dir or results/<device>>/<name>.json."""
-    folder = Path(out_dir) if out_dir else RESULTS_DIR / device_name(device)
+    """Write {environment, extra, rows} as JSON to <out_dir or results/local/<device>>/<name>.json."""
+    folder = Path(out_dir) if out_dir else LOCAL_RESULTS_DIR / device_name(device)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     payload = {"benchmark": name, "environment": environment(device), **(extra or {}), "rows": rows}
@@ -250,6 +291,11 @@ def bench_parser(
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument(
-        "--out", type=Path, help="results folder (default benchmarks/results/<device>/)"
+        "--out", type=Path, help="results folder (default benchmarks/results/local/<device>/)"
     )
     return parser
+
+
+if __name__ == "__main__":  # the provenance lines of benchmarks/gpu_check.sh's environment.txt
+    for key, value in provenance().items():
+        print(f"{key} {value or '?'}")

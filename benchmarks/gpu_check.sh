@@ -6,15 +6,18 @@
 #      racecheck over the kernels that use shared memory,
 #   3. the end-to-end benchmark (Qwen3-4B-like random weights, CUDA graphs; batch 1 at prompts
 #      128..16k, then batch 8 and 32), then every op benchmark,
-# with results and logs under $PIPO_RESULTS_DIR/<device-name>/ (default benchmarks/results/) and a
-# short summary table printed last. Every step has a time limit (seconds, overridable below) so the
-# whole check fits a 15-minute lease; a step stopped at its limit reports rc 124 and keeps its log.
+# with results and logs under $PIPO_RESULTS_DIR/<device-name>/ (default benchmarks/results/local/,
+# ignored by git: copy a run into benchmarks/results/<device-name>/ to publish it) and a short
+# summary table printed last. environment.txt records the code mechanically: `git rev-parse HEAD`,
+# `git describe --always --dirty` and a sha256 of the working tree (python -m benchmarks.common).
+# Every step has a time limit (seconds, overridable below) so the whole check fits a 15-minute
+# lease; a step stopped at its limit reports rc 124 and keeps its log.
 #
 #   STEPS="build tests memcheck racecheck e2e bench" (default: all), BENCH_ARGS="--quick",
 #   BENCHES="kv_cache latent ..." (default: every op benchmark), TEST_WORKERS=6
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RESULTS_ROOT="${PIPO_RESULTS_DIR:-benchmarks/results}"
+RESULTS_ROOT="${PIPO_RESULTS_DIR:-benchmarks/results/local}"
 STEPS="${STEPS:-build tests memcheck racecheck e2e bench}"
 OP_TESTS="tests/test_kv_cache.py tests/test_latent.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py"
 MEMCHECK_TESTS="${MEMCHECK_TESTS:-$OP_TESTS}"
@@ -58,7 +61,7 @@ DEST="$RESULTS_ROOT/$DEVICE"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
   nvcc --version | tail -n 1
-  git rev-parse HEAD 2>/dev/null
+  python3 -m benchmarks.common  # git_commit, git_describe, tree_sha256 (also in every JSON)
   echo "STEPS=$STEPS BENCH_ARGS=$BENCH_ARGS"
 } >"$DEST/environment.txt" 2>&1
 

@@ -14,7 +14,8 @@ Measures on the held-out stdlib files (pipo.data) and on this machine's CPU:
    with the engine's kernels (Engine(..., use_kernels=True)); runs are interleaved across modes
    and the median is reported.
 
-Writes results/<device>/model_report.json and model_report.png and prints a markdown table.
+Writes results/local/<device>/ (or --out-dir) model_report.json and model_report.png and prints
+a markdown table.
 
     python -m benchmarks.report_model                     # the shipped checkpoints
     python -m benchmarks.report_model --ar runs/builtin/ar/final --pipo runs/builtin/pipo/final
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS_DIR, device_name, format_table, write_results
+from benchmarks.common import LOCAL_RESULTS_DIR, device_name, format_table, write_results
 from pipo.checkpoint import BUILTIN_DIR, load
 from pipo.data import load_corpus, sample_batch
 from pipo.engine import Engine, Request, SamplingParams
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "quality_seconds": quality_s,
     }
-    folder = args.out_dir or RESULTS_DIR / device_name(dev)
+    folder = args.out_dir or LOCAL_RESULTS_DIR / device_name(dev)
     write_results("model_report", dev, [], extra=report, out_dir=folder)
     plot(report, folder / "model_report.png")
 

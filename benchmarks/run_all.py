@@ -3,7 +3,8 @@
     python -m benchmarks.run_all [--quick] [--out DIR] [--only kv_cache latent ...] [--no-plots]
     pipo bench --quick                  # the same, from a source checkout
 
-Each benchmark writes its JSON to DIR (default benchmarks/results/<device>/); a failing benchmark
+Each benchmark writes its JSON to DIR (default benchmarks/results/local/<device>/, ignored by
+git; name a folder under benchmarks/results/ to publish); a failing benchmark
 is reported and the others still run (exit status 1). Then benchmarks.plots draws DIR/plots/*.png
 (skipped with a message when matplotlib is missing) and benchmarks.summarize writes DIR/SUMMARY.md
 from all the JSON in DIR.
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import summarize
-from benchmarks.common import RESULTS_DIR, device_name, progress
+from benchmarks.common import LOCAL_RESULTS_DIR, device_name, progress
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="each benchmark's quick preset")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--out", type=Path, help="results folder (default benchmarks/results/<device>/)"
+        "--out", type=Path, help="results folder (default benchmarks/results/local/<device>/)"
     )
     parser.add_argument("--only", nargs="*", help="run only these benchmarks (names after bench_)")
     parser.add_argument(
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         help="draw DIR/plots/*.png before the summary (default: on)",
     )
     args = parser.parse_args(argv)
-    out = args.out or RESULTS_DIR / device_name(torch.device(args.device))
+    out = args.out or LOCAL_RESULTS_DIR / device_name(torch.device(args.device))
     names = [n for n in discover() if not args.only or n in args.only]
     unknown = sorted(set(args.only or ()) - set(discover()))
     if unknown:

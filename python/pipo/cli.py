@@ -6,16 +6,25 @@
     pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
     pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
 
-Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
-checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (byte-level models trained on the Python standard
+Prints the generated text, then one line of statistics. Without --model it uses the built-in
+checkpoints under pipo/checkpoints/{pipo,ar}/ (byte-level models trained on the Python standard
 library, docs/training.md).
+
+Errors: a user error prints one line "pipo: <message>" on stderr and exits with 2 when the command
+line is wrong (a bad number, path, device or token id, found before any work) or 1 when the run
+fails (a corrupt checkpoint, a full KV cache, a failing benchmark); --debug prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,115 +35,328 @@ from .engine import MODES, Engine, Request, SamplingParams
 from .model import ARModel, PIPOModel
 from .tokenizer import ByteTokenizer
 
-__all__ = ["main"]
+__all__ = ["CLIError", "UsageError", "default_threads", "main"]
 
 _log = logging.getLogger("pipo")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Threads beyond this gain little for batch-1 decode of small models and cost the most when
+# other processes share the cores (see default_threads).
+MAX_DEFAULT_THREADS = 4
+
+
+class CLIError(Exception):
+    """A failure of the run that the user can act on: ``pipo: <message>``, exit status 1."""
+
+    exit_code = 1
+
+
+class UsageError(CLIError):
+    """A wrong command line, found before any work: ``pipo: <message>``, exit status 2."""
+
+    exit_code = 2
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``pipo: <message> (see `pipo generate --help`)``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"pipo: {message} (see `{self.prog} --help`)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (line breaks kept), every option with its default."""
+
+
+def _number(kind: Callable[[str], int | float], low=None, high=None, low_open=False):
+    """An argparse type: `kind` parsed from the text, finite, within [low, high] (or (low, ...)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+            hi = "" if high is None else f"<= {high}"
+            raise argparse.ArgumentTypeError(
+                f"expected a value {' and '.join(s for s in (lo, hi) if s)}, got {text}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _token_ids(text: str) -> list[int]:
+    """``--prompt-ids 9707,11``: comma-separated non-negative integers."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p.lstrip("+").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated non-negative integers such as 9707,11, got {text!r}"
+        )
+    return [int(p) for p in parts]
+
+
+def _device(text: str) -> str:
+    """``--device``: cpu, cuda or cuda:N, and only a CUDA device torch can see."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r} (expected cpu, cuda or cuda:N)"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r} (expected cpu or cuda)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False; "
+                f"torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                "use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    return text
+
+
+def default_threads() -> int:
+    """Torch CPU threads for ``pipo generate`` without --threads: half the cores this process may
+    run on, at least 1, at most MAX_DEFAULT_THREADS.
+
+    Batch-1 decode of a small model is a chain of small matmuls with a thread barrier after each;
+    when another process holds one of the cores torch's default (every core) makes each barrier
+    wait for a descheduled thread. On the 2-core development machine with the other core busy,
+    2 threads ran at 5-7 tok/s against 130-140 tok/s with 1 (README, "Reference model")."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores // 2))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipo", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate text from a prompt")
+    parser = _Parser(prog="pipo", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    # On every subcommand too (`pipo generate ... --debug`); SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="print tracebacks"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,bench,train}")
+    _add_generate(sub, common)
+    _add_bench(sub, common)
+    _add_train(sub, common)
+    return parser
+
+
+GENERATE_HELP = """\
+Generate text from a prompt with the built-in byte-level models (or --model), print it, then
+one line of statistics (tokens/s, time to first token, time per output token, ...).
+
+modes:
+  ar    plain autoregressive decoding: one backbone pass per token (the baseline).
+  pipo  Pair-In, Pair-Out: one backbone pass per pair of tokens; the MTP head proposes the
+        second token, kept where the confidence head says >= --threshold (approximate, faster).
+  spec  PIPO drafts a tree (--draft-topk, --draft-steps), the AR model verifies it: the output
+        is what ar would produce (greedy) or distributed as ar's (sampling).
+
+The KV cache holds --num-pages x --page-size entries per model (a token each in ar and spec, a
+pair each in pipo): prompt and output beyond that end with finish=cache_full and exit status 1.
+
+Threads: without --threads, half the cores (at least 1, at most 4). On the shared 2-core
+development machine, 2 threads ran at 5-7 tok/s and 1 thread at 130-140 tok/s while other work
+kept the machine busy; raise it for large models on an idle machine.
+"""
+
+
+def _add_generate(sub, common) -> None:
+    g = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="generate text from a prompt",
+        description=GENERATE_HELP,
+        formatter_class=_Help,
+    )
     prompt = g.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text")
-    prompt.add_argument("--prompt-ids", help="prompt as comma-separated token ids")
-    g.add_argument("--mode", choices=MODES, default="pipo")
+    prompt.add_argument("--prompt", help="prompt text (byte-level models)")
+    prompt.add_argument(
+        "--prompt-ids", type=_token_ids, help="prompt as comma-separated token ids, e.g. 9707,11"
+    )
+    g.add_argument("--mode", choices=MODES, default="pipo", help="decoding mode (see above)")
     g.add_argument(
         "--threshold",
-        type=float,
+        type=_number(float),
         default=0.5,
-        help="PIPO confidence gate: <0 always keeps token2, >=1 never",
+        help="pipo confidence gate θ: < 0 always keeps token2, >= 1 never",
     )
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--presence-penalty", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=_number(int, 1), default=64, help="tokens to generate")
+    g.add_argument("--temperature", type=_number(float, 0), default=0.0, help="0 = greedy (argmax)")
+    g.add_argument("--top-k", type=_number(int, 0), default=0, help="0 = no top-k cut")
+    g.add_argument(
+        "--top-p", type=_number(float, 0, 1, low_open=True), default=1.0, help="nucleus mass"
+    )
+    g.add_argument(
+        "--presence-penalty",
+        type=_number(float),
+        default=0.0,
+        help="subtracted from the logits of tokens already generated",
+    )
+    g.add_argument("--seed", type=_number(int, 0), default=0, help="sampling seed")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    g.add_argument("--ignore-eos", action="store_true")
-    g.add_argument("--model", help="checkpoint folder (pipo or Hugging Face Qwen3-style)")
+    g.add_argument("--ignore-eos", action="store_true", help="keep going after end-of-sequence")
+    g.add_argument(
+        "--model", help="checkpoint folder (pipo, or Hugging Face Qwen3-style); default built-in"
+    )
     g.add_argument("--verifier", help="spec mode: the AR checkpoint that verifies the drafts")
     g.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default="tiny",
-        help="shapes of the random-weight model used without --model",
+        help="shapes of the random-weight model used where no built-in checkpoint fits",
     )
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    g.add_argument(
+        "--device",
+        type=_device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda or cuda:N",
+    )
+    g.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: the checkpoint's"
+    )
     g.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
-    g.add_argument("--draft-topk", type=int, default=4)
-    g.add_argument("--draft-steps", type=int, default=1)
-    g.add_argument("--num-pages", type=int, default=1024)
-    g.add_argument("--page-size", type=int, default=16)
+    g.add_argument(
+        "--draft-topk", type=_number(int, 1), default=4, help="spec: token1 branches per draft"
+    )
+    g.add_argument(
+        "--draft-steps", type=_number(int, 1), default=1, help="spec: pairs per draft branch"
+    )
+    g.add_argument(
+        "--num-pages", type=_number(int, 1), default=1024, help="KV-cache pages (caps the output)"
+    )
+    g.add_argument("--page-size", type=_number(int, 1), default=16, help="entries per page")
     g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    _add_bench_parser(sub)
-    _add_train(sub)
-    return parser
+    g.add_argument(
+        "--threads",
+        type=_number(int, 1),
+        default=None,
+        help=f"torch CPU threads (default here: {default_threads()}, see above)",
+    )
 
 
-def _add_bench_parser(sub) -> None:
+def _add_bench(sub, common) -> None:
     b = sub.add_parser(
         "bench",
+        parents=[common],
         help="run the benchmark suite (source checkout only)",
-        description="Run benchmarks/run_all.py: every benchmark, then plots and SUMMARY.md. "
-        "Needs a source checkout (pip install -e .): benchmarks/ is not part of the package.",
+        description="Run `python -m benchmarks.run_all` of the source checkout this package is "
+        "installed from (pip install -e .): every benchmark, then plots and SUMMARY.md. "
+        "benchmarks/ is not part of the package, so outside a checkout this fails.\n\n"
+        "Results go to benchmarks/results/local/<device>/ (ignored by git) unless --out names "
+        "another folder: the committed results, and the README block made from them, change only "
+        "when you choose to.",
+        formatter_class=_Help,
     )
     b.add_argument("--quick", action="store_true", help="each benchmark's quick preset")
-    b.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    b.add_argument("--out", help="results folder (default benchmarks/results/<device>/)")
+    b.add_argument("--device", type=_device, help="cuda or cpu (default: cuda when available)")
+    b.add_argument(
+        "--out", help="results folder (default: benchmarks/results/local/<device>/)", default=None
+    )
     b.add_argument("--only", nargs="+", help="run only these benchmarks (names after bench_)")
     b.add_argument(
         "--plots",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="draw plots and write SUMMARY.md at the end (default: on)",
+        help="draw plots and write SUMMARY.md at the end",
     )
 
 
-def _bench(args) -> int:
-    """Forward to benchmarks.run_all of the source checkout this package is installed from."""
-    root = Path(__file__).resolve().parents[2]  # <checkout>/python/pipo/cli.py -> <checkout>
-    if not (root / "benchmarks" / "run_all.py").is_file():
-        raise SystemExit(
-            "pipo bench: the benchmarks live in the source checkout (benchmarks/ next to python/), "
-            f"not in the installed package, and none was found at {root}. Clone the repository, "
-            "`pip install -e .` and run `pipo bench` (or `python -m benchmarks.run_all`) there."
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import benchmarks
-    from benchmarks import run_all
-
-    if Path(benchmarks.__file__).resolve().parent != root / "benchmarks":
-        raise SystemExit(f"pipo bench: another 'benchmarks' package shadows {root / 'benchmarks'}")
-    argv = ["--quick"] if args.quick else []
-    argv += ["--device", args.device] if args.device else []
-    argv += ["--out", args.out] if args.out else []
-    argv += ["--only", *args.only] if args.only else []
-    argv += [] if args.plots else ["--no-plots"]
-    return run_all.main(argv)
-
-
-def _add_train(sub) -> None:
+def _add_train(sub, common) -> None:
     """``pipo train``: the built-in models' training stages (pipo.train)."""
     from .train import add_arguments
 
-    t = sub.add_parser("train", help="train the AR / PIPO model on the stdlib corpus")
+    t = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train the AR / PIPO model on the stdlib corpus",
+        description="Train the built-in models' stages (docs/training.md).",
+        formatter_class=_Help,
+    )
     add_arguments(t)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _checkout() -> Path:
+    """The source checkout this package runs from (<checkout>/python/pipo/cli.py)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "run_all.py").is_file():
+        raise CLIError(
+            "bench: the benchmarks live in the source checkout (benchmarks/ next to python/), "
+            f"not in the installed package, and none was found at {root}; clone the repository, "
+            "`pip install -e .` and run `pipo bench` (or `python -m benchmarks.run_all`) there"
+        )
+    return root
+
+
+def _bench(args) -> int:
+    """A launcher: benchmarks.run_all of the checkout, in a child Python (the package never
+    imports benchmarks/)."""
+    root = _checkout()
+    known = sorted(p.stem.removeprefix("bench_") for p in (root / "benchmarks").glob("bench_*.py"))
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:
+        raise UsageError(f"argument --only: unknown benchmarks {unknown}; choose from {known}")
+    argv = ["--quick"] if args.quick else []
+    argv += ["--device", args.device] if args.device else []
+    argv += ["--out", str(Path(args.out).resolve())] if args.out else []
+    argv += ["--only", *args.only] if args.only else []
+    argv += [] if args.plots else ["--no-plots"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(root), str(root / "python"), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    rc = subprocess.call([sys.executable, "-m", "benchmarks.run_all", *argv], cwd=root, env=env)
+    if rc:
+        raise CLIError(f"bench: benchmarks.run_all exited with status {rc} (its messages above)")
+    return 0
+
+
+def _checkpoint_dir(path: str, flag: str) -> str:
+    if not Path(path).is_dir():
+        raise UsageError(f"argument {flag}: {path}: no such checkpoint folder")
+    return path
+
+
+def _load(path: str, flag: str, device: str, dtype):
+    try:
+        return load(path, device=device, dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise CLIError(f"{flag} {path}: cannot load the checkpoint: {_first_line(exc)}") from exc
 
 
 def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
     """(model, verifier) for the mode: the ARModel for ar; the PIPOModel (+ ARModel for spec)."""
     cfg = preset(args.preset)
     dtype = DTYPES[args.dtype] if args.dtype else None
-    loaded = load(args.model, device=args.device, dtype=dtype) if args.model else None
+    if args.model:
+        _checkpoint_dir(args.model, "--model")
+    if args.verifier:
+        _checkpoint_dir(args.verifier, "--verifier")
+    loaded = _load(args.model, "--model", args.device, dtype) if args.model else None
     if args.mode == "ar":
         if isinstance(loaded, PIPOModel):
-            raise SystemExit("pipo: --mode ar needs an AR checkpoint, --model is a PIPO one")
+            raise UsageError("--mode ar needs an AR checkpoint, --model is a PIPO one")
         return loaded or load_builtin("ar", cfg, 1, args.device, dtype), None
     if isinstance(loaded, ARModel):
         _log.warning(
@@ -146,9 +368,9 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
     if args.mode == "pipo":
         return drafter, None
     if args.verifier:
-        verifier = load(args.verifier, device=args.device, dtype=dtype)
+        verifier = _load(args.verifier, "--verifier", args.device, dtype)
         if not isinstance(verifier, ARModel):
-            raise SystemExit("pipo: --verifier must be an AR (or Hugging Face) checkpoint")
+            raise UsageError("--verifier must be an AR (or Hugging Face) checkpoint")
     else:
         verifier = (
             loaded
@@ -162,28 +384,27 @@ class _IdTokenizer:
     """For vocabularies without a tokenizer here: prompts are ids, output is printed as ids."""
 
     def encode(self, text: str) -> list[int]:
-        raise SystemExit("pipo: this model has no byte tokenizer; pass --prompt-ids")
+        raise UsageError("this model has no byte tokenizer; pass --prompt-ids")
 
     def decode(self, ids: list[int]) -> str:
         return " ".join(map(str, ids))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "train":
-        from . import train
-
-        return train.main(args)
+def _generate(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or default_threads())
     model, verifier = _models(args)
-    tokenizer = ByteTokenizer() if model.config.vocab_size == 259 else _IdTokenizer()
-    prompt = (
-        [int(x) for x in args.prompt_ids.split(",")] if args.prompt_ids is not None else args.prompt
-    )
+    vocab = model.config.vocab_size
+    tokenizer = ByteTokenizer() if vocab == 259 else _IdTokenizer()
+    prompt = args.prompt_ids if args.prompt_ids is not None else tokenizer.encode(args.prompt)
+    bad = [t for t in prompt if t >= vocab]
+    if bad:
+        raise UsageError(
+            f"argument --prompt-ids: token ids {bad[:4]} outside the model's vocabulary "
+            f"(0..{vocab - 1})"
+        )
+    if not prompt:
+        raise UsageError("argument --prompt: the prompt is empty")
     params = SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -211,10 +432,57 @@ def main(argv: list[str] | None = None) -> int:
     (result,) = engine.generate([Request(prompt, params)])
     print(result.text)
     print(engine.stats.line() + f" finish={result.finish_reason}")
+    if result.finish_reason == "cache_full":
+        raise CLIError(f"{result.error} (raise --num-pages or --page-size)")
     if result.error:
-        print(f"pipo: {result.error}", file=sys.stderr)
-        return 1
+        raise CLIError(result.error)
     return 0
+
+
+def _train(args) -> int:
+    from . import train
+
+    return train.main(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "generate": _generate,
+    "bench": _bench,
+    "train": _train,
+}
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] + (" (…; --debug shows all)" if len(lines) > 1 else "")
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, CLIError):
+        return str(exc)
+    if isinstance(exc, (OSError, ValueError, RuntimeError, ImportError, MemoryError)):
+        return _first_line(exc)  # the library's own one-line errors name the argument
+    return f"internal error: {type(exc).__name__}: {_first_line(exc)} (--debug for the traceback)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``pipo`` command; returns the exit status (argparse exits 2 itself on bad usage)."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("pipo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line per error; the traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"pipo: {_message(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, CLIError) else 1
 
 
 if __name__ == "__main__":
