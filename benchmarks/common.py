@@ -177,11 +177,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git(*args: str) -> str:
+def _git(*args: str, cwd: Path = CHECKOUT) -> str:
     """stdout of a git command in the checkout ('' when git or the repository is missing)."""
     try:
         out = subprocess.run(
-            ["git", *args], capture_output=True, cwd=CHECKOUT, timeout=30, check=True
+            ["git", *args], capture_output=True, cwd=cwd, timeout=30, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -194,7 +194,7 @@ def tree_sha256(root: Path = CHECKOUT) -> str:
     its contents, in path order; benchmarks/results/ is left out (results are what a run writes,
     not the code it ran). Unlike the commit, it describes the files as they are, so it holds even
     where the checkout's .git is stale or the tree is dirty. '' without git."""
-    listing = _git("ls-files", "-co", "--exclude-standard", "-z")
+    listing = _git("ls-files", "-co", "--exclude-standard", "-z", cwd=root)
     if not listing:
         return ""
     digest = hashlib.sha256()

@@ -167,12 +167,67 @@ def test_pipo_bench_quick_kv_cache(tmp_path, capsys):
     assert "## Headline" in (out / "SUMMARY.md").read_text()
 
 
-def test_pipo_bench_needs_a_checkout(monkeypatch):
+def test_pipo_bench_needs_a_checkout(monkeypatch, capsys):
     from pipo import cli
 
     monkeypatch.setattr(cli, "__file__", "/nonexistent/site-packages/pipo/cli.py")
-    with pytest.raises(SystemExit, match="source checkout"):
-        cli.main(["bench", "--quick"])
+    assert cli.main(["bench", "--quick"]) == 1
+    assert "source checkout" in capsys.readouterr().err
+
+
+def test_results_default_to_the_ignored_local_folder():
+    """A benchmark run without --out writes under benchmarks/results/local/ (ignored by git), and
+    the README block never reads that folder: running a benchmark cannot break test_readme_in_sync."""
+    import subprocess
+
+    import torch
+
+    from benchmarks.common import LOCAL_RESULTS_DIR, write_results
+
+    path = write_results("test_default_folder", torch.device("cpu"), [{"x": 1}])
+    try:
+        assert path.parent.parent == LOCAL_RESULTS_DIR
+        env = json.loads(path.read_text())["environment"]
+        assert {"git_commit", "git_describe", "tree_sha256"} <= set(env)
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=RESULTS_DIR)
+        assert ignored.returncode == 0, f"{path} is not ignored by git"
+        assert "/local/" not in readme_summary.render_block()
+    finally:
+        path.unlink()
+
+
+def test_readme_block_skips_local(tmp_path, results):
+    shutil.copytree(results, tmp_path / "cpu")
+    shutil.copytree(results, tmp_path / "local")
+    block = readme_summary.render_block(tmp_path, tmp_path)
+    assert "### cpu" in block and "### local" not in block
+
+
+def test_tree_hash_follows_the_files(tmp_path):
+    """benchmarks.common.tree_sha256: the same files give the same hash, an edited or an untracked
+    (not ignored) file changes it, an ignored one and benchmarks/results/ do not."""
+    import subprocess
+
+    from benchmarks.common import tree_sha256
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("*.so\n")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    first = tree_sha256(tmp_path)
+    assert first and tree_sha256(tmp_path) == first
+    (tmp_path / "ext.so").write_bytes(b"binary")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}")
+    assert tree_sha256(tmp_path) == first
+    (tmp_path / "new.py").write_text("y = 2\n")
+    second = tree_sha256(tmp_path)
+    assert second != first
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert tree_sha256(tmp_path) not in (first, second)
 
 
 def test_run_all_rejects_unknown_benchmark():

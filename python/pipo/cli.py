@@ -392,7 +392,15 @@ class _IdTokenizer:
 
 def _generate(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or default_threads())
+    try:  # main() called from Python (tests, notebooks) leaves torch's thread count as it was
+        return _generate_with(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate_with(args) -> int:
     model, verifier = _models(args)
     vocab = model.config.vocab_size
     tokenizer = ByteTokenizer() if vocab == 259 else _IdTokenizer()
