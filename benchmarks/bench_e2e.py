@@ -230,9 +230,10 @@ def run(args) -> list[dict]:
             continue
         for mode in args.modes:
             rows.append(run_config(args, models, mode, batch, prompt_len, device))
-        add_ratios(rows)
-        # Written after every configuration, so a run stopped at a time limit keeps its rows.
-        path = write_results(name, device, rows, extra, out_dir=args.out)
+            add_ratios(rows)
+            # Written after every mode, so a run stopped at a time limit keeps what finished (run
+            # 2 on the H100 lost ar and pipo at prompt 1024 while spec ran: benchmarks/NOTES.md).
+            path = write_results(name, device, rows, extra, out_dir=args.out)
     print(
         format_table(
             rows,

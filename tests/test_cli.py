@@ -196,6 +196,7 @@ def test_generate_help_shows_defaults_and_modes(capsys):
     assert "--max-new-tokens MAX_NEW_TOKENS tokens to generate (default: 64)" in text
     assert "(default: 1024)" in text and "finish=cache_full" in text  # --num-pages caps output
     assert "(default: 0.5)" in text and f"(default here: {cli.default_threads()}" in text
+    assert "0 = greedy (argmax) (default: 0.0)" in text and "(default: None)" not in text
 
 
 def test_python_dash_m_pipo_errors_without_traceback():

@@ -66,8 +66,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pipo: {message} (see `{self.prog} --help`)\n")
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written (line breaks kept), every option with its default."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (line breaks kept), every option that has a default shows it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS
+        if "%(default)" in text or unset or default == []:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _number(kind: Callable[[str], int | float], low=None, high=None, low_open=False):
@@ -133,10 +141,11 @@ def default_threads() -> int:
     """Torch CPU threads for ``pipo generate`` without --threads: half the cores this process may
     run on, at least 1, at most MAX_DEFAULT_THREADS.
 
-    Batch-1 decode of a small model is a chain of small matmuls with a thread barrier after each;
-    when another process holds one of the cores torch's default (every core) makes each barrier
-    wait for a descheduled thread. On the 2-core development machine with the other core busy,
-    2 threads ran at 5-7 tok/s against 130-140 tok/s with 1 (README, "Reference model")."""
+    Batch-1 decode of a small model is a chain of small ops with a thread barrier after each;
+    when other processes hold the cores, torch's default (one thread per core) makes each barrier
+    wait for a descheduled thread. On the shared 2-core development machine (load 4-8), the
+    built-in pipo model with the C++ kernels ran at a median 77 tok/s with 1 thread and 13 tok/s
+    with 2, 1 thread faster in each of 8 interleaved pairs (README, "Reference model")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -173,9 +182,12 @@ modes:
 The KV cache holds --num-pages x --page-size entries per model (a token each in ar and spec, a
 pair each in pipo): prompt and output beyond that end with finish=cache_full and exit status 1.
 
-Threads: without --threads, half the cores (at least 1, at most 4). On the shared 2-core
-development machine, 2 threads ran at 5-7 tok/s and 1 thread at 130-140 tok/s while other work
-kept the machine busy; raise it for large models on an idle machine.
+Threads: without --threads, half the cores (at least 1, at most 4): on a busy machine torch's
+default of one thread per core collapses (shared 2-core machine, load 4-8: median 77 tok/s
+with 1 thread, 13 tok/s with 2). Raise it for large models on an idle machine.
+
+Exit status: 0 done, 1 the run failed, 2 the command line is wrong; errors are one line
+"pipo: <message>" (--debug adds the traceback).
 """
 
 
