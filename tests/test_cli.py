@@ -74,7 +74,10 @@ USAGE_ERRORS = {
     "device typo": (["--device", "cdua"], r"--device"),
     "unknown mode": (["--mode", "fast"], r"--mode: invalid choice"),
     "missing model folder": (["--model", "/nonexistent/ckpt"], r"--model.*no such checkpoint"),
+    "empty stop string": (["--stop", ""], r"--stop: an empty stop string"),
 }
+if not torch.cuda.is_available():
+    USAGE_ERRORS["cuda graphs on cpu"] = (["--cuda-graphs"], r"--cuda-graphs: needs a CUDA")
 
 
 @pytest.mark.parametrize("extra,match", USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())

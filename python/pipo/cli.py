@@ -412,7 +412,16 @@ def _generate(args) -> int:
         torch.set_num_threads(threads)
 
 
+def _check_generate(args) -> None:
+    """The usage errors argparse cannot see one option at a time."""
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        raise UsageError(f"argument --cuda-graphs: needs a CUDA --device, got {args.device}")
+    if any(not stop for stop in args.stop):
+        raise UsageError("argument --stop: an empty stop string would stop at once")
+
+
 def _generate_with(args) -> int:
+    _check_generate(args)
     model, verifier = _models(args)
     vocab = model.config.vocab_size
     tokenizer = ByteTokenizer() if vocab == 259 else _IdTokenizer()
