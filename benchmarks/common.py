@@ -188,26 +188,59 @@ def _git(*args: str, cwd: Path = CHECKOUT) -> str:
     return out.decode("utf-8", "surrogateescape")
 
 
-def tree_sha256(root: Path = CHECKOUT) -> str:
-    """sha256 over the working tree's files that git tracks or would track (`git ls-files -co
-    --exclude-standard`: tracked plus untracked-not-ignored), each as its path and the sha256 of
-    its contents, in path order; benchmarks/results/ is left out (results are what a run writes,
-    not the code it ran). Unlike the commit, it describes the files as they are, so it holds even
-    where the checkout's .git is stale or the tree is dirty. '' without git."""
-    listing = _git("ls-files", "-co", "--exclude-standard", "-z", cwd=root)
-    if not listing:
-        return ""
+def _tree_digest(files: dict[str, bytes | None]) -> str:
+    """sha256 over {path: contents (None: listed but missing)} in path order, benchmarks/results/
+    left out (results are what a run writes, not the code it ran)."""
     digest = hashlib.sha256()
-    for rel in sorted(set(filter(None, listing.split("\0")))):
+    for rel in sorted(files):
         if rel.startswith("benchmarks/results/"):
             continue
-        path = Path(root) / rel
-        if not path.is_file():  # deleted but still tracked: its absence is part of the state
-            digest.update(f"{rel}\0-\n".encode("utf-8", "surrogateescape"))
-            continue
-        content = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = files[rel]
+        content = "-" if data is None else hashlib.sha256(data).hexdigest()
         digest.update(f"{rel}\0{content}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def tree_sha256(root: Path = CHECKOUT) -> str:
+    """sha256 of the working tree's files that git tracks or would track (`git ls-files -co
+    --exclude-standard`: tracked plus untracked-not-ignored), each as its path and the sha256 of
+    its contents, in path order, benchmarks/results/ left out. Unlike the commit it describes the
+    files as they are, so it holds where the checkout's .git is stale or the tree is dirty;
+    commit_tree_sha256 gives the same number for a commit whose files these are. '' without git."""
+    listing = _git("ls-files", "-co", "--exclude-standard", "-z", cwd=root)
+    files = {}
+    for rel in filter(None, listing.split("\0")):
+        path = Path(root) / rel
+        files[rel] = path.read_bytes() if path.is_file() else None  # None: deleted, still tracked
+    return _tree_digest(files) if files else ""
+
+
+def commit_tree_sha256(rev: str, root: Path = CHECKOUT) -> str:
+    """tree_sha256 of commit `rev`'s files, read from git: equal to tree_sha256() of a checkout of
+    `rev` with nothing else in it, so a result's tree_sha256 can be matched to a commit."""
+    listing = _git("ls-tree", "-r", "-z", "--full-tree", rev, cwd=root)
+    entries = []
+    for line in filter(None, listing.split("\0")):
+        meta, rel = line.split("\t", 1)
+        _, kind, sha = meta.split()
+        if kind == "blob":
+            entries.append((rel, sha))
+    if not entries:
+        return ""
+    out = subprocess.run(
+        ["git", "cat-file", "--batch"],
+        input="".join(f"{sha}\n" for _, sha in entries).encode(),
+        capture_output=True,
+        cwd=root,
+        check=True,
+    ).stdout
+    files, at = {}, 0
+    for rel, _ in entries:  # each answer: "<sha> blob <size>\n<contents>\n"
+        header_end = out.index(b"\n", at)
+        size = int(out[at:header_end].split()[2])
+        files[rel] = out[header_end + 1 : header_end + 1 + size]
+        at = header_end + 1 + size + 1
+    return _tree_digest(files)
 
 
 @functools.lru_cache(maxsize=1)
@@ -296,6 +329,12 @@ def bench_parser(
     return parser
 
 
-if __name__ == "__main__":  # the provenance lines of benchmarks/gpu_check.sh's environment.txt
-    for key, value in provenance().items():
-        print(f"{key} {value or '?'}")
+if __name__ == "__main__":
+    # python -m benchmarks.common: the provenance lines of gpu_check.sh's environment.txt;
+    # python -m benchmarks.common REV...: tree_sha256 of those commits, to match a result to one.
+    if len(sys.argv) > 1:
+        for rev in sys.argv[1:]:
+            print(f"{rev} {commit_tree_sha256(rev) or '?'}")
+    else:
+        for key, value in provenance().items():
+            print(f"{key} {value or '?'}")

@@ -208,7 +208,7 @@ def test_tree_hash_follows_the_files(tmp_path):
     (not ignored) file changes it, an ignored one and benchmarks/results/ do not."""
     import subprocess
 
-    from benchmarks.common import tree_sha256
+    from benchmarks.common import commit_tree_sha256, tree_sha256
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -227,7 +227,14 @@ def test_tree_hash_follows_the_files(tmp_path):
     second = tree_sha256(tmp_path)
     assert second != first
     (tmp_path / "a.py").write_text("x = 2\n")
-    assert tree_sha256(tmp_path) not in (first, second)
+    third = tree_sha256(tmp_path)
+    assert third not in (first, second)
+    # The same number from the commit of these files, read from git alone.
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert commit_tree_sha256("HEAD", tmp_path) == third == tree_sha256(tmp_path)
+    (tmp_path / "a.py").write_text("x = 3\n")
+    assert commit_tree_sha256("HEAD", tmp_path) == third != tree_sha256(tmp_path)
 
 
 def test_run_all_rejects_unknown_benchmark():
