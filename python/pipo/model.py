@@ -27,7 +27,7 @@ from .config import ModelConfig
 from .kv_cache import PagedKVCache
 from .sampling import filtered_probs, penalized_logits, sample_from_probs, unpack_bitmask
 
-__all__ = ["ARModel", "AttnMeta", "PIPOModel", "SamplingTensors"]
+__all__ = ["ARModel", "AttnMeta", "PIPOModel", "SamplingTensors", "dense_hidden", "dense_pipo"]
 
 
 @dataclass
@@ -491,3 +491,54 @@ class PIPOModel(_Decoder):
             keep = confidence >= threshold
         second = torch.where(keep, token2, torch.full_like(token2, c.pad_id))
         return torch.stack([token1, second], 1), confidence
+
+
+# ---------------------------------------------------------------------------- dense forward
+# Training and evaluation run the models without a KV cache (pipo.train, benchmarks.report_model).
+
+
+def _dense_layer(layer: DecoderLayer, x: torch.Tensor, rope) -> torch.Tensor:
+    """One decoder layer over x [B, T, H] with causal attention (no cache)."""
+    attn = layer.self_attn
+    b, t, _ = x.shape
+    h = layer.input_layernorm(x)
+    q = attn.q_norm(attn.q_proj(h).view(b, t, attn.heads, attn.head_dim))
+    k = attn.k_norm(attn.k_proj(h).view(b, t, attn.kv_heads, attn.head_dim))
+    v = attn.v_proj(h).view(b, t, attn.kv_heads, attn.head_dim)
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    rep = attn.heads // attn.kv_heads
+    k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    o = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+    )
+    x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, attn.heads * attn.head_dim))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def dense_hidden(model: ARModel | PIPOModel, x: torch.Tensor) -> torch.Tensor:
+    """The decoder stack and final norm over inputs x [B, T, H] -> [B, T, H] (positions 0…T-1)."""
+    c = model.config
+    positions = torch.arange(x.shape[1], device=x.device)
+    rope = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+    for layer in model.layers:
+        x = _dense_layer(layer, x, rope)
+    return model.norm(x)
+
+
+def dense_pipo(model: PIPOModel, tokens: torch.Tensor, mtp_tokens: torch.Tensor):
+    """PIPO forward of token rows int64 [B, T] (T even) read as pairs.
+
+    mtp_tokens int64 [B, T/2]: token1 fed to the MTP head at each pair position (the next pair's
+    first token). Returns (h [B, L, H], m [B, L, H], confidence float32 [B, L]), L = T/2.
+    """
+    b, t = tokens.shape
+    emb = model.embed_tokens.weight
+    x = model.compressor(tokens.reshape(-1, 2), emb, use_kernels=False).view(b, t // 2, -1)
+    h = dense_hidden(model, x)
+    mtp = model.mtp
+    c = model.config
+    rope = rope_cos_sin(torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta)
+    e = mtp.embed_norm(F.embedding(mtp_tokens, emb))
+    m = mtp.fc(torch.cat([e, mtp.hidden_norm(h)], -1))
+    m = mtp.norm(_dense_layer(mtp.layer, m, rope))
+    return h, m, model.confidence(h, m)

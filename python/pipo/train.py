@@ -13,8 +13,9 @@ Three stages, each resumable from its own output folder:
   KL(p_student || p_AR), computed over the whole vocabulary at every sampled position, plus the
   confidence BCE against α = min(1, p_AR(y) / p_student(y)) of the sampled token2 y.
 
-Training runs dense (no KV cache): ``dense_hidden`` / ``dense_pipo`` evaluate the same weights as
-the engine's paged forward (tests/test_train.py checks they agree).
+Training runs dense (no KV cache): ``dense_hidden`` / ``dense_pipo`` (pipo.model, re-exported
+here) evaluate the same weights as the engine's paged forward (tests/test_train.py checks they
+agree).
 
 Example::
 
@@ -40,7 +41,7 @@ from tqdm import tqdm
 from .checkpoint import load, save
 from .config import ModelConfig, preset
 from .data import load_corpus, pad_split, sample_batch
-from .model import ARModel, DecoderLayer, PIPOModel, apply_rope, rope_cos_sin
+from .model import ARModel, PIPOModel, dense_hidden, dense_pipo
 
 __all__ = [
     "BUILTIN_CONFIG",
@@ -87,56 +88,6 @@ class TrainConfig:
     rollout_tokens: int = 64
     rollout_threshold: float = 0.5
     rollout_temperature: float = 1.0
-
-
-# ---------------------------------------------------------------------------- dense forward
-
-
-def _dense_layer(layer: DecoderLayer, x: torch.Tensor, rope) -> torch.Tensor:
-    """One decoder layer over x [B, T, H] with causal attention (no cache)."""
-    attn = layer.self_attn
-    b, t, _ = x.shape
-    h = layer.input_layernorm(x)
-    q = attn.q_norm(attn.q_proj(h).view(b, t, attn.heads, attn.head_dim))
-    k = attn.k_norm(attn.k_proj(h).view(b, t, attn.kv_heads, attn.head_dim))
-    v = attn.v_proj(h).view(b, t, attn.kv_heads, attn.head_dim)
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    rep = attn.heads // attn.kv_heads
-    k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
-    o = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-    )
-    x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, attn.heads * attn.head_dim))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
-
-
-def dense_hidden(model: ARModel | PIPOModel, x: torch.Tensor) -> torch.Tensor:
-    """The decoder stack and final norm over inputs x [B, T, H] -> [B, T, H] (positions 0…T-1)."""
-    c = model.config
-    positions = torch.arange(x.shape[1], device=x.device)
-    rope = rope_cos_sin(positions, c.head_dim, c.rope_theta)
-    for layer in model.layers:
-        x = _dense_layer(layer, x, rope)
-    return model.norm(x)
-
-
-def dense_pipo(model: PIPOModel, tokens: torch.Tensor, mtp_tokens: torch.Tensor):
-    """PIPO forward of token rows int64 [B, T] (T even) read as pairs.
-
-    mtp_tokens int64 [B, T/2]: token1 fed to the MTP head at each pair position (the next pair's
-    first token). Returns (h [B, L, H], m [B, L, H], confidence float32 [B, L]), L = T/2.
-    """
-    b, t = tokens.shape
-    emb = model.embed_tokens.weight
-    x = model.compressor(tokens.reshape(-1, 2), emb, use_kernels=False).view(b, t // 2, -1)
-    h = dense_hidden(model, x)
-    mtp = model.mtp
-    c = model.config
-    rope = rope_cos_sin(torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta)
-    e = mtp.embed_norm(F.embedding(mtp_tokens, emb))
-    m = mtp.fc(torch.cat([e, mtp.hidden_norm(h)], -1))
-    m = mtp.norm(_dense_layer(mtp.layer, m, rope))
-    return h, m, model.confidence(h, m)
 
 
 # ---------------------------------------------------------------------------- losses
