@@ -52,7 +52,7 @@ def device_section(folder: Path, base: Path) -> str:
             f"`{cmd}`" + (f" ({', '.join(names)})" if len(commands) > 1 else "")
             for cmd, names in commands.items()
         )
-        + f" — torch {', '.join(torch_versions)}; {'; '.join(versions)}.",
+        + f" — torch {', '.join(torch_versions)}, commit {', '.join(versions)}.",
         "",
     ]
     lines += [f"Commit note: {note}.\n" for note in notes]

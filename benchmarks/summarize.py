@@ -221,7 +221,7 @@ def code_version(env: dict) -> str:
     the commit) and the hash of the working tree (benchmarks.common.provenance)."""
     describe = env.get("git_describe") or str(env.get("git_commit", ""))[:10] or "?"
     tree = env.get("tree_sha256")
-    return f"commit {describe}" + (f", tree {tree[:12]}" if tree else "")
+    return describe + (f" (tree {tree[:12]})" if tree else "")
 
 
 def write_summary(folder: Path) -> Path:
@@ -238,7 +238,7 @@ def write_summary(folder: Path) -> Path:
             f"## {name}",
             "",
             f"`{env.get('command', '')}` — torch {env.get('torch')}, triton {env.get('triton')}, "
-            f"CUDA {env.get('cuda')}, {code_version(env)}, {env.get('time_utc', '')}",
+            f"CUDA {env.get('cuda')}, commit {code_version(env)}, {env.get('time_utc', '')}",
             "",
         ]
         if env.get("git_commit_note"):
