@@ -214,3 +214,14 @@ def test_python_dash_m_pipo_errors_without_traceback():
     )
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr
     assert "outside the model's vocabulary" in error_line(proc.stderr)
+
+
+def test_missing_dependency_is_one_line(capsys, monkeypatch):
+    """Building the parser imports pipo.train (tqdm): a broken install reads as one line too."""
+
+    def missing(sub, common):
+        raise ModuleNotFoundError("No module named 'tqdm'")
+
+    monkeypatch.setattr(cli, "_add_train", missing)
+    rc, _, err = run(capsys, GEN)
+    assert rc == 1 and error_line(err) == "pipo: No module named 'tqdm'"

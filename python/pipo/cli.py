@@ -501,14 +501,16 @@ def _message(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pipo`` command; returns the exit status (argparse exits 2 itself on bad usage)."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # known before parsing, for errors while building the parser
     try:
+        args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("pipo: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line per error; the traceback only with --debug
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"pipo: {_message(exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, CLIError) else 1
