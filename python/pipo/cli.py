@@ -79,7 +79,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 
 def _number(kind: Callable[[str], int | float], low=None, high=None, low_open=False):
-    """An argparse type: `kind` parsed from the text, finite, within [low, high] (or (low, ...)."""
+    """An argparse type: `kind` parsed from the text, finite, in [low, high] ((low, high] with
+    low_open); None leaves that side open. Errors name the bound and the value given."""
 
     def parse(text: str):
         try:
