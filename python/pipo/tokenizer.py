@@ -141,11 +141,16 @@ class HFTokenizer:
 
 
 def load_tokenizer(folder=None, vocab_size: int = ByteTokenizer.vocab_size):
-    """The tokenizer of a model folder: its tokenizer.json if it has one; the byte tokenizer for
-    the built-in models (``folder`` None) and pipo checkpoints of the byte vocabulary; None when
-    neither applies (prompts must then be given as token ids)."""
+    """The tokenizer of a model folder or GGUF file: its tokenizer.json (the GGUF's embedded
+    tokenizer) if it has one; the byte tokenizer for the built-in models (``folder`` None) and
+    pipo checkpoints of the byte vocabulary; None when neither applies (prompts must then be
+    given as token ids)."""
     from pathlib import Path
 
+    if folder is not None and Path(folder).suffix == ".gguf" and Path(folder).is_file():
+        from .convert import gguf_file_tokenizer
+
+        return gguf_file_tokenizer(folder)
     if folder is not None and (Path(folder) / "tokenizer.json").is_file():
         return HFTokenizer.from_folder(folder)
     return ByteTokenizer() if vocab_size == ByteTokenizer.vocab_size else None
