@@ -94,14 +94,27 @@ def _reader(path: Path):
         raise ValueError(f"{path}: not a readable GGUF file ({exc})") from exc
 
 
+def _field_value(field):
+    """A metadata value of gguf's reader: str, int, float, bool or a list of them (decoded from
+    the field's parts by hand: Field.contents() only exists in recent gguf versions)."""
+    gguf = require("gguf", "reading GGUF files")
+    kinds = gguf.GGUFValueType
+
+    def one(kind, part):
+        if kind == kinds.STRING:
+            return bytes(part).decode("utf-8", errors="replace")
+        value = part[0].item()
+        return bool(value) if kind == kinds.BOOL else value
+
+    if field.types[0] == kinds.ARRAY:
+        if len(field.types) > 1 and field.types[1] == kinds.ARRAY:
+            return None  # nested arrays: no field we read has them
+        return [one(field.types[-1], field.parts[i]) for i in field.data]
+    return one(field.types[0], field.parts[field.data[0]])
+
+
 def _fields(reader) -> dict:
-    out = {}
-    for key, field in reader.fields.items():
-        try:
-            out[key] = field.contents()
-        except Exception:  # a field type this gguf version cannot decode: not one we read
-            continue
-    return out
+    return {key: _field_value(f) for key, f in reader.fields.items() if f.types}
 
 
 def _hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
