@@ -114,7 +114,7 @@ def dense_hidden(model: ARModel | PIPOModel, x: torch.Tensor) -> torch.Tensor:
     """The decoder stack and final norm over inputs x [B, T, H] -> [B, T, H] (positions 0…T-1)."""
     c = model.config
     positions = torch.arange(x.shape[1], device=x.device)
-    rope = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+    rope = rope_cos_sin(positions, c.head_dim, c.rope_theta, c.rope_scaling)
     for layer in model.layers:
         x = _dense_layer(layer, x, rope)
     return model.norm(x)
@@ -132,7 +132,9 @@ def dense_pipo(model: PIPOModel, tokens: torch.Tensor, mtp_tokens: torch.Tensor)
     h = dense_hidden(model, x)
     mtp = model.mtp
     c = model.config
-    rope = rope_cos_sin(torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta)
+    rope = rope_cos_sin(
+        torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta, c.rope_scaling
+    )
     e = mtp.embed_norm(F.embedding(mtp_tokens, emb))
     m = mtp.fc(torch.cat([e, mtp.hidden_norm(h)], -1))
     m = mtp.norm(_dense_layer(mtp.layer, m, rope))
