@@ -153,9 +153,10 @@ def model_from_hf(hf_config: dict, tensors: dict[str, torch.Tensor], source: Pat
         if key == "lm_head.weight" and config.tie_word_embeddings:
             continue  # some tied checkpoints store the shared matrix twice
         ours[key] = value
-    model = ARModel(config)
-    if ours:
-        model.to(dtype=next(iter(ours.values())).dtype)
+    with torch.device("meta"):  # _fill writes every parameter: skip the random init
+        model = ARModel(config)
+    dtype = next(iter(ours.values())).dtype if ours else torch.float32
+    model = model.to(dtype=dtype).to_empty(device="cpu")
     _fill(model, ours, source)
     return model
 
