@@ -20,7 +20,7 @@ from pipo_helpers import small_models
 
 from pipo import checkpoint, cli
 from pipo.config import from_hf_config
-from pipo.convert import convert_gguf, load_gguf
+from pipo.convert import PRE_TOKENIZERS, convert_gguf, gguf_tokenizer, load_gguf
 from pipo.engine import Engine, Request, SamplingParams
 from pipo.model import AttnMeta, rope_inv_freq
 from pipo.tokenizer import HFTokenizer, load_tokenizer
@@ -445,6 +445,31 @@ def test_gguf_tokenizer(tmp_path):
         )["input_ids"]
         == chat
     )
+
+
+@pytest.mark.parametrize("pre", sorted(PRE_TOKENIZERS))
+def test_gguf_tokenizer_pre_types_and_bos(pre):
+    """Every listed pre-tokenizer builds and round-trips text; add_bos_token puts BOS first."""
+    meta = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tiny_vocab(),
+        "tokenizer.ggml.merges": MERGES,
+        "tokenizer.ggml.token_type": [3] * 3 + [1] * 297,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    text = "the  theater, 1234 THE\nend é"
+    tok, config = gguf_tokenizer(meta, Path("x.gguf"))
+    ids = tok.encode(text).ids
+    assert tok.decode(ids) == text and ids[0] != 1
+    assert config["bos_token"] == "<|im_start|>" and config["eos_token"] == "<|im_end|>"
+    with_bos, _ = gguf_tokenizer(meta | {"tokenizer.ggml.add_bos_token": True}, Path("x.gguf"))
+    assert with_bos.encode(text).ids == [1, *ids]
+    with pytest.raises(ValueError, match="tokenizer model 'llama' is not supported"):
+        gguf_tokenizer(meta | {"tokenizer.ggml.model": "llama"}, Path("x.gguf"))
+    with pytest.raises(ValueError, match="pre-tokenizer 'tekken' is not supported"):
+        gguf_tokenizer(meta | {"tokenizer.ggml.pre": "tekken"}, Path("x.gguf"))
 
 
 def test_gguf_errors(tmp_path):
