@@ -581,3 +581,18 @@ def test_fetch_checks_sha256_and_converts(tmp_path, monkeypatch):
     assert "already" in lines[0]
     with pytest.raises(ValueError, match="expected one of"):
         fetch_mod.fetch("nope")
+
+
+def test_missing_hf_extra_is_named(tmp_path, monkeypatch):
+    import sys
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(tiny_hf("llama"), path, gguf.GGMLQuantizationType.F32)
+    folder = convert_gguf(path, tmp_path / "m")
+    for module in ("tokenizers", "gguf"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+        with pytest.raises(
+            ImportError, match=rf"'{module}' package: pip install 'pipo-kernels\[hf\]'"
+        ):
+            load_tokenizer(folder) if module == "tokenizers" else load_gguf(path)
+        monkeypatch.delitem(sys.modules, module)
