@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .convert import convert_gguf
+from .tokenizer import require
 
 __all__ = ["MODELS", "default_dir", "fetch"]
 
@@ -82,6 +83,8 @@ def fetch(name: str, folder: str | Path | None = None, log=print) -> Path:
     if name not in MODELS:
         raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
     src = MODELS[name]
+    for module in ("gguf", "tokenizers", "safetensors"):  # before 93 MB are downloaded
+        require(module, "pipo fetch")
     folder = Path(folder).expanduser() if folder else default_dir(name)
     if _is_done(folder, src):
         log(f"pipo fetch: {name} is already at {folder}")
