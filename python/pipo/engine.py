@@ -76,7 +76,7 @@ class Request:
 @dataclass
 class Result:
     prompt_ids: list[int]
-    token_ids: list[int]  # generated tokens, PAD removed
+    token_ids: list[int]  # generated tokens (mode pipo: PAD removed)
     text: str
     finish_reason: str  # "eos" | "stop" | "length" | "cache_full"
     error: str | None = None
@@ -141,7 +141,7 @@ class _Seq:
 
     def __init__(self, rid: int, prompt_ids: list[int], params: SamplingParams) -> None:
         self.rid, self.prompt, self.params = rid, prompt_ids, params
-        self.out: list[int] = []  # every generated token, model-chosen PADs included
+        self.out: list[int] = []  # every generated token (pipo: model-chosen PADs included)
         self.seen: set[int] = set()  # generated ids, for the presence penalty
         self.finish_reason: str | None = None
         self.error: str | None = None
@@ -228,6 +228,10 @@ class Engine:
             draft_steps,
         )
         self.config = model.config
+        # PAD means "no token" only in PIPO's pairs (a gated-off token2, a model-chosen PAD); in
+        # modes ar and spec every generated id is a real token (real vocabularies often reuse
+        # EOS as PAD), so nothing is dropped there.
+        self.gap_id = model.config.pad_id if mode == "pipo" else -1
         self.device = model.embed_tokens.weight.device
         self.cache: PagedKVCache = model.new_cache(num_pages, page_size)
         self.vcache: PagedKVCache | None = (
@@ -335,7 +339,7 @@ class Engine:
             s.finish_reason = "eos"
             return False
         s.out.append(token)
-        if token != cfg.pad_id:
+        if token != self.gap_id:
             s.seen.add(token)
             # Tokens reach the host after a device sync (.tolist()), so these times are real.
             s.t_last = time.perf_counter()
@@ -360,16 +364,16 @@ class Engine:
         per_token = [
             (s.t_last - s.t_first) / (n - 1)
             for s in seqs
-            if (n := sum(t != self.config.pad_id for t in s.out)) > 1
+            if (n := sum(t != self.gap_id for t in s.out)) > 1
         ]
         self.stats.ttft_s = sum(firsts) / len(firsts) if firsts else 0.0
         self.stats.tpot_s = sum(per_token) / len(per_token) if per_token else 0.0
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([t for t in ids if t != self.config.pad_id])
+        return self.tokenizer.decode([t for t in ids if t != self.gap_id])
 
     def _result(self, s: _Seq) -> Result:
-        tokens = [t for t in s.out if t != self.config.pad_id]
+        tokens = [t for t in s.out if t != self.gap_id]
         text = s.stop_text if s.stop_text is not None else self._decode(s.out)
         return Result(s.prompt, tokens, text, s.finish_reason or "length", s.error)
 
@@ -729,7 +733,7 @@ class Engine:
 
     def _verify(self, seqs, draft, parents, depths, dprobs, nodes: int) -> None:
         """Score the trees with the verifier, accept a path per request, compact its K/V."""
-        cfg, bsz = self.config, len(seqs)
+        bsz = len(seqs)
         mask = torch.zeros(bsz * nodes, nodes, dtype=torch.bool)
         seen_rows: list[set[int]] = []
         for b, s in enumerate(seqs):
@@ -740,7 +744,7 @@ class Engine:
                     if j > 0:
                         path.add(draft[b * nodes + j])
                     j = parents[b * nodes + j]
-                seen_rows.append((s.seen | path) - {cfg.pad_id})
+                seen_rows.append(s.seen | path)
         meta = self._meta(
             self.vcache,
             seqs,

@@ -16,6 +16,7 @@ onto ``ARModel`` key for key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,13 +79,27 @@ class RMSNorm(nn.Module):
         ) * self.weight
 
 
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """float32 [head_dim / 2] RoPE frequencies; ``scaling`` (ModelConfig.rope_scaling) applies
+    Llama 3.1's rule: wavelengths above original_max / low_freq_factor are stretched by
+    ``factor``, those below original_max / high_freq_factor kept, the band between interpolated
+    (linear in original_max / wavelength)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if scaling is None:
+        return inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((context / wavelen - low) / (high - low)).clamp(0.0, 1.0)
+    # smooth is 0 for long wavelengths (all stretched), 1 for short ones (untouched)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float
+    positions: torch.Tensor, head_dim: int, theta: float, scaling: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin float32 [N, head_dim] for positions int64 [N] (halves repeated, Qwen3 layout)."""
-    inv_freq = 1.0 / theta ** (
-        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    )
+    inv_freq = rope_inv_freq(head_dim, theta, scaling).to(positions.device)
     freqs = positions.float().unsqueeze(1) * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
@@ -235,7 +250,9 @@ class _Decoder(nn.Module):
 
     def run_layers(self, x, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool):
         """The decoder stack and final norm over packed inputs x [N, H] -> [N, H]."""
-        rope = rope_cos_sin(meta.positions, self.config.head_dim, self.config.rope_theta)
+        rope = rope_cos_sin(
+            meta.positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
+        )
         for i, layer in enumerate(self.layers):
             x = layer(x, meta, rope, cache.k_caches[i], cache.v_caches[i], use_kernels)
         return self.norm(x)
@@ -454,7 +471,9 @@ class PIPOModel(_Decoder):
     def mtp_forward(self, token1, hidden, meta: AttnMeta, cache: PagedKVCache, use_kernels=False):
         """token1 int64 [N], backbone hidden [N, H] -> MTP hidden states [N, H] (m_i; predicts
         token2); writes the MTP layer's K/V at meta's slots."""
-        rope = rope_cos_sin(meta.positions, self.config.head_dim, self.config.rope_theta)
+        rope = rope_cos_sin(
+            meta.positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
+        )
         layer = self.config.num_layers
         return self.mtp(
             token1,
@@ -519,7 +538,7 @@ def dense_hidden(model: ARModel | PIPOModel, x: torch.Tensor) -> torch.Tensor:
     """The decoder stack and final norm over inputs x [B, T, H] -> [B, T, H] (positions 0…T-1)."""
     c = model.config
     positions = torch.arange(x.shape[1], device=x.device)
-    rope = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+    rope = rope_cos_sin(positions, c.head_dim, c.rope_theta, c.rope_scaling)
     for layer in model.layers:
         x = _dense_layer(layer, x, rope)
     return model.norm(x)
@@ -537,7 +556,9 @@ def dense_pipo(model: PIPOModel, tokens: torch.Tensor, mtp_tokens: torch.Tensor)
     h = dense_hidden(model, x)
     mtp = model.mtp
     c = model.config
-    rope = rope_cos_sin(torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta)
+    rope = rope_cos_sin(
+        torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta, c.rope_scaling
+    )
     e = mtp.embed_norm(F.embedding(mtp_tokens, emb))
     m = mtp.fc(torch.cat([e, mtp.hidden_norm(h)], -1))
     m = mtp.norm(_dense_layer(mtp.layer, m, rope))
