@@ -41,6 +41,14 @@ def check_contiguous(t: torch.Tensor, name: str) -> None:
         fail(name, "a contiguous tensor", f"strides {t.stride()} for shape {tuple(t.shape)}")
 
 
+def check_index(t: torch.Tensor, dim: int, dtype: torch.dtype, name: str) -> None:
+    """An index tensor the kernels read by flat position (csrc/checks.h check_index): a strided
+    view would be read as raw storage, and a hidden copy would allocate behind a CUDA graph."""
+    check_dim(t, dim, name)
+    check_dtype(t, dtype, name)
+    check_contiguous(t, name)
+
+
 def check_size(t: torch.Tensor, dim: int, size: int, name: str, what: str) -> None:
     if t.shape[dim] != size:
         fail(name, f"size {size} in dim {dim} ({what})", f"shape {tuple(t.shape)}")
