@@ -20,6 +20,7 @@ write past a view changes them, a read past a view poisons the output.
 from __future__ import annotations
 
 import math
+import os
 import re
 import traceback
 import warnings
@@ -703,10 +704,14 @@ def worker_main(conn) -> None:
             case = conn.recv()
         except EOFError:
             return
-        if case["backend"] == "triton":
+        if case["device"] != "cpu":
+            os.environ["PIPO_VALIDATE"] = "1" if case["checked"] else "0"
+        elif case["backend"] == "triton":
             _set_triton_value_checks(case["checked"])
         try:
             result = run_case(case)
         except Exception:  # a harness error is reported, not raised
             result = "harness error:\n" + traceback.format_exc()
         conn.send(result)
+        if result is not None and "CUDA error" in result:
+            return  # the CUDA context is unusable after a device fault: a fresh worker takes over

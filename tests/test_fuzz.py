@@ -22,6 +22,8 @@ import fuzz_cases as fc
 import pytest
 import torch
 from conftest import HAS_CUDA
+
+pytest.importorskip("hypothesis")  # the `test` extra installs it; a --no-deps GPU box may not
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -216,14 +218,10 @@ def cases(draw, op: str, backend: str) -> dict:
     if draw(st.integers(0, 4)) != 3:
         nonfinite = []
     meta_arg = draw(st.sampled_from(names)) if draw(st.integers(0, 14)) == 9 else None
-    # The compiled CUDA kernels skip value checks unless PIPO_VALIDATE=1; the Triton kernels are
-    # fuzzed both ways (on CPU tensors their value checks would otherwise always run).
-    if backend == "cuda":
-        checked = os.environ.get("PIPO_VALIDATE", "0") not in ("", "0")
-    elif backend == "triton":
-        checked = draw(st.sampled_from((False, True, True)))
-    else:
-        checked = True
+    # GPU kernels skip index-value checks unless PIPO_VALIDATE=1: fuzzed both ways (the worker sets
+    # PIPO_VALIDATE per case). So are the Triton kernels under the interpreter, whose checks would
+    # otherwise always run on CPU tensors (the worker switches them off for unchecked cases).
+    checked = draw(st.sampled_from((False, True, True))) if backend in ("cuda", "triton") else True
     return dict(
         op=op,
         backend=backend,
@@ -370,3 +368,14 @@ def test_triton_attention_unchecked_clamps(indptr, kv_len, worker):
         override=dict(q_indptr=indptr, kv_lens=[kv_len]),
     )
     assert worker.run(case) is None
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_attention_expanded_q_works(backend):
+    """q is only read: token / head strides are free, stride 0 (an expanded query) included."""
+    q, k, v, table, kv_lens, indptr = _attention_args()
+    q_exp = q[:1, :1].expand(3, 2, 16)
+    assert q_exp.stride()[:2] == (0, 0)
+    got = pk.paged_attention(q_exp, k, v, table, kv_lens, indptr, backend=backend)
+    want = pk.paged_attention(q_exp.contiguous(), k, v, table, kv_lens, indptr, backend="torch")
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
