@@ -19,6 +19,7 @@ write past a view changes them, a read past a view poisons the output.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -26,6 +27,8 @@ import traceback
 import warnings
 
 import torch
+
+from pipo.ops import OPS  # every op of the package, in docs order
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 TOL = {
@@ -36,59 +39,16 @@ TOL = {
 INT_POISON = {torch.int64: 2**40 + 7, torch.int32: 2**30 + 7}
 VIEW_KINDS = ("plain", "offset", "strided", "transposed", "expanded")
 
-# Tensor arguments of every op, in call order.
-TENSOR_ARGS = {
-    "kv_cache_append": ("key", "value", "k_cache", "v_cache", "slot_mapping"),
-    "kv_cache_compact": ("k_cache", "v_cache", "src_slots", "dst_slots"),
-    "fold_pairs": ("pair_ids", "embedding", "weight", "bias"),
-    "unfold_input": (
-        "token_ids",
-        "hidden",
-        "embedding",
-        "embed_norm_weight",
-        "hidden_norm_weight",
-        "weight",
-    ),
-    "sample_tokens": (
-        "hidden",
-        "lm_head",
-        "temperature",
-        "top_k",
-        "top_p",
-        "presence_penalty",
-        "seen",
-        "seeds",
-        "offsets",
-    ),
-    "pair_out": (
-        "hidden",
-        "mtp_hidden",
-        "token1",
-        "token2",
-        "norm_weight",
-        "fc1_weight",
-        "fc2_weight",
-    ),
-    "paged_attention": (
-        "q",
-        "k_cache",
-        "v_cache",
-        "block_table",
-        "kv_lens",
-        "q_indptr",
-        "tree_mask",
-    ),
-    "verify_tree": ("draft_tokens", "parents", "q_indptr", "target_tokens"),
-    "verify_tree_stochastic": (
-        "draft_tokens",
-        "parents",
-        "q_indptr",
-        "draft_probs",
-        "target_probs",
-        "seeds",
-        "offsets",
-    ),
-}
+
+def _tensor_args(op: str) -> tuple[str, ...]:
+    """The op's tensor arguments in call order, from the public function's annotations."""
+    import pipo_kernels
+
+    sig = inspect.signature(getattr(pipo_kernels, op))
+    return tuple(n for n, p in sig.parameters.items() if "Tensor" in str(p.annotation))
+
+
+TENSOR_ARGS = {op: _tensor_args(op) for op in OPS}
 MUTATED = {"kv_cache_append": ("k_cache", "v_cache"), "kv_cache_compact": ("k_cache", "v_cache")}
 # Float inputs that NaN / inf may be planted in.
 FLOAT_ARGS = {

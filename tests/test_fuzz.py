@@ -29,14 +29,15 @@ from hypothesis import strategies as st
 
 import pipo_kernels as pk
 
-OPS = tuple(fc.TENSOR_ARGS)
+OPS = fc.OPS
 DEFAULT_BACKENDS = ("cpu", "torch", "triton") + (("cuda",) if HAS_CUDA else ())
 BACKENDS = tuple(
     b for b in os.environ.get("PIPO_FUZZ_BACKENDS", ",".join(DEFAULT_BACKENDS)).split(",") if b
 )
 SCALE = float(os.environ.get("PIPO_FUZZ_EXAMPLES", "1"))
 # Cases per (op, backend): the interpreter is slow, the compiled kernels are not.
-EXAMPLES = {"cpu": 40, "torch": 15, "triton": 12, "cuda": 60}
+EXAMPLES = {"cpu": 150, "torch": 50, "triton": 80, "cuda": 60}
+EXAMPLES_OP = {("sample_tokens", "triton"): 12}  # up to ~1 s a case under the interpreter
 CASE_TIMEOUT_S = 120
 
 
@@ -96,56 +97,43 @@ dtypes = st.sampled_from(tuple(fc.DTYPES))
 small = st.integers(0, 5)
 
 
-def kv_params(backend):
-    return st.fixed_dictionaries(
-        dict(
-            dtype=dtypes,
-            pages=st.integers(0, 3),
-            page_size=st.sampled_from((1, 2, 4)),
-            heads=st.integers(1, 2),
-            head_dim=st.sampled_from((1, 4, 8)),
-            n=small,
-        )
-    )
-
-
-def latent_params(backend):
-    return st.fixed_dictionaries(
-        dict(
-            dtype=dtypes,
-            n=small,
-            vocab=st.integers(1, 9),
-            hidden=st.sampled_from((1, 4, 16)),
-            out=st.sampled_from((1, 3, 16)),
-            ids32=st.booleans(),
-            bias=st.booleans(),
-            activation=st.sampled_from(("none", "silu")),
-        )
-    )
-
-
-def sample_params(backend):
-    return st.fixed_dictionaries(
-        dict(
-            dtype=dtypes,
-            batch=st.integers(0, 3),
-            hidden=st.sampled_from((1, 8, 16)),
-            vocab=st.sampled_from((1, 5, 40, 100)),
-            seen=st.booleans(),
-            candidates=st.sampled_from((0, 1, 3, 64)),
-        )
-    )
-
-
-def pair_params(backend):
-    return st.fixed_dictionaries(
-        dict(
-            dtype=dtypes,
-            batch=small,
-            hidden=st.sampled_from((1, 8, 16)),
-            threshold=st.sampled_from((-1.0, 0.0, 0.5, 1.0, 2.0)),
-        )
-    )
+KV = dict(
+    dtype=dtypes,
+    pages=st.integers(0, 3),
+    page_size=st.sampled_from((1, 2, 4)),
+    heads=st.integers(1, 2),
+    head_dim=st.sampled_from((1, 4, 8)),
+    n=small,
+)
+LATENT = dict(
+    dtype=dtypes,
+    n=small,
+    vocab=st.integers(1, 9),
+    hidden=st.sampled_from((1, 4, 16)),
+    out=st.sampled_from((1, 3, 16)),
+    ids32=st.booleans(),
+    bias=st.booleans(),
+    activation=st.sampled_from(("none", "silu")),
+)
+SAMPLE = dict(
+    dtype=dtypes,
+    batch=st.integers(0, 3),
+    hidden=st.sampled_from((1, 8, 16)),
+    vocab=st.sampled_from((1, 5, 40, 100)),
+    seen=st.booleans(),
+    candidates=st.sampled_from((0, 1, 3, 64)),
+)
+PAIR = dict(
+    dtype=dtypes,
+    batch=small,
+    hidden=st.sampled_from((1, 8, 16)),
+    threshold=st.sampled_from((-1.0, 0.0, 0.5, 1.0, 2.0)),
+)
+TREE = dict(
+    sizes=st.lists(st.integers(0, 5), min_size=0, max_size=3),
+    spare_depth=st.integers(0, 1),
+    vocab=st.integers(1, 6),
+)
 
 
 def attention_params(backend):
@@ -171,27 +159,23 @@ def attention_params(backend):
     )
 
 
-def tree_params(backend):
-    return st.fixed_dictionaries(
-        dict(
-            sizes=st.lists(st.integers(0, 5), min_size=0, max_size=3),
-            spare_depth=st.integers(0, 1),
-            vocab=st.integers(1, 6),
-        )
-    )
-
-
+# The op-specific parameters of a case: a dict of strategies, or a function of the backend.
 PARAMS = {
-    "kv_cache_append": kv_params,
-    "kv_cache_compact": kv_params,
-    "fold_pairs": latent_params,
-    "unfold_input": latent_params,
-    "sample_tokens": sample_params,
-    "pair_out": pair_params,
+    "kv_cache_append": KV,
+    "kv_cache_compact": KV,
+    "fold_pairs": LATENT,
+    "unfold_input": LATENT,
+    "sample_tokens": SAMPLE,
+    "pair_out": PAIR,
     "paged_attention": attention_params,
-    "verify_tree": tree_params,
-    "verify_tree_stochastic": tree_params,
+    "verify_tree": TREE,
+    "verify_tree_stochastic": TREE,
 }
+
+
+def op_params(op: str, backend: str):
+    spec = PARAMS[op]
+    return spec(backend) if callable(spec) else st.fixed_dictionaries(spec)
 
 
 @st.composite
@@ -227,7 +211,7 @@ def cases(draw, op: str, backend: str) -> dict:
         backend=backend,
         device=device_of(backend),
         seed=draw(st.integers(0, 2**31 - 1)),
-        params=draw(PARAMS[op](backend)),
+        params=draw(op_params(op, backend)),
         views=views,
         corrupt=corrupt,
         nonfinite=nonfinite,
@@ -247,7 +231,7 @@ def test_fuzz(op, backend, worker):
         pytest.skip(f"no {backend} backend for {op} here")
 
     @settings(
-        max_examples=max(1, int(EXAMPLES.get(backend, 20) * SCALE)),
+        max_examples=max(1, int(EXAMPLES_OP.get((op, backend), EXAMPLES[backend]) * SCALE)),
         derandomize=True,
         deadline=None,
         database=None,
