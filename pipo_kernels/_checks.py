@@ -59,10 +59,10 @@ def validate_enabled() -> bool:
     return os.environ.get("PIPO_VALIDATE", "0") not in ("", "0")
 
 
-def should_check_values(t: torch.Tensor, syncs_anyway: bool = False) -> bool:
+def should_check_values(t: torch.Tensor, sync_ok: bool = False) -> bool:
     """Index values are checked on the CPU always, on a GPU only with PIPO_VALIDATE=1 or when the
     caller accepts a sync (the torch backend, whose indexing would follow a bad index), and never
     while tracing: fake and functional tensors (torch.compile, opcheck, export) carry no values."""
     if torch.compiler.is_compiling() or type(t) is not torch.Tensor:
         return False
-    return t.device.type == "cpu" or syncs_anyway or validate_enabled()
+    return t.device.type == "cpu" or sync_ok or validate_enabled()

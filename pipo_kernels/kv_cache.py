@@ -131,7 +131,7 @@ def kv_cache_append(
     impl = _backend.resolve("kv_cache_append", k_cache.device, backend)
     if impl == "torch":
         check_append_args(key, value, k_cache, v_cache, slot_mapping)
-        if should_check_values(slot_mapping, syncs_anyway=True):
+        if should_check_values(slot_mapping, sync_ok=True):
             check_slot_values(slot_mapping, num_slots(k_cache), "slot_mapping")
         reference.kv_cache_append(key, value, k_cache, v_cache, slot_mapping)
     elif impl == "triton":
@@ -169,7 +169,7 @@ def kv_cache_compact(
     impl = _backend.resolve("kv_cache_compact", k_cache.device, backend)
     if impl == "torch":
         check_compact_args(k_cache, v_cache, src_slots, dst_slots)
-        if should_check_values(src_slots, syncs_anyway=True):
+        if should_check_values(src_slots, sync_ok=True):
             check_compact_values(src_slots, dst_slots, num_slots(k_cache))
         reference.kv_cache_compact(k_cache, v_cache, src_slots, dst_slots)
     elif impl == "triton":

@@ -236,7 +236,7 @@ def sample_tokens(
     args = (hidden, lm_head, temperature, top_k, top_p, presence_penalty, seen, seeds, offsets)
     if impl == "torch":
         check_sample_args(*args, num_candidates)
-        if should_check_values(temperature, syncs_anyway=True):
+        if should_check_values(temperature, sync_ok=True):
             check_sample_values(temperature, top_k, top_p)
         return reference.sample_tokens(*args, num_candidates)
     if impl == "triton":
