@@ -618,6 +618,9 @@ def run_case(case: dict) -> str | None:
             return _passed("raised: layout")
         if ref_err is None:
             return f"raised although every layout is documented to work: {str(err)[:300]}"
+        ref_name = str(ref_err).split(":", 1)[0].strip()
+        if not names_argument(err, (ref_name,)):
+            return f"the reference's error names {ref_name}, this one: {str(err)[:300]}"
         return _passed("raised: values")
     if case["meta_arg"] is not None:
         return f"accepted {case['meta_arg']} on the meta device"
