@@ -292,8 +292,8 @@ def build_pair_out(p, g, corrupt):
 
 def _corrupt_indptr(indptr, g, corrupt):
     n = indptr.numel()
-    if corrupt == "indptr_negative":
-        indptr[_pick(g, n)] = -3
+    if corrupt == "indptr_negative":  # the first entry half the time: a negative query start
+        indptr[0 if _pick(g, 2) else _pick(g, n)] = -1 - _pick(g, 4)
     elif corrupt == "indptr_decreasing" and n > 1:
         i = 1 + _pick(g, n - 1)
         indptr[i] = indptr[i - 1] - 1 - _pick(g, 3)
@@ -324,7 +324,7 @@ def build_paged_attention(p, g, corrupt):
     mask = None
     if p["mask"]:
         cols = max(q_lens, default=0) + p["spare_cols"]
-        if corrupt == "mask_narrow" and cols > 0:
+        if corrupt == "mask_narrow" and max(q_lens, default=0) > 0:
             cols = max(q_lens) - 1
         mask = torch.rand(n_q, max(cols, 0), generator=g) < 0.6
     _corrupt_indptr(indptr, g, corrupt)
@@ -655,12 +655,66 @@ def _set_triton_value_checks(on: bool) -> None:
             mod.should_check_values = checks.should_check_values if on else (lambda t: False)
 
 
+class OutOfBounds(Exception):
+    """A Triton kernel touched memory outside every tensor argument of its launch."""
+
+
+def _install_interpreter_bounds_check() -> None:
+    """A memcheck for Triton's interpreter: every load and store of a launch must fall inside the
+    span of one of the launch's tensor arguments (the interpreter itself follows any pointer)."""
+    import numpy as np
+    from triton.runtime import interpreter as ti
+
+    spans: list[tuple[int, int]] = []
+    init_args = ti.GridExecutor._init_args_hst
+
+    def init_args_checked(self, args_dev, kwargs):
+        args_hst, kwargs_hst = init_args(self, args_dev, kwargs)
+        spans.clear()
+        for arg in (*args_hst, *kwargs_hst.values()):
+            if isinstance(arg, torch.Tensor) and arg.numel():
+                last = sum((n - 1) * st for n, st in zip(arg.shape, arg.stride(), strict=True))
+                spans.append((arg.data_ptr(), arg.data_ptr() + (last + 1) * arg.element_size()))
+        return args_hst, kwargs_hst
+
+    def check(ptrs, mask, what):
+        addr = np.asarray(ptrs.data).astype(np.uint64)
+        live = np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)
+        size = np.dtype(ti._get_np_dtype(ptrs.get_element_ty())).itemsize
+        ok = ~live
+        for lo, hi in spans:
+            ok |= (addr >= lo) & (addr + size <= hi)
+        if not ok.all():
+            bad = int(addr[~ok].flat[0])
+            raise OutOfBounds(f"{what} of {size} bytes at {bad:#x}, outside every tensor argument")
+
+    load, store = (
+        ti.InterpreterBuilder.create_masked_load,
+        ti.InterpreterBuilder.create_masked_store,
+    )
+
+    def load_checked(self, ptrs, mask, *rest):
+        check(ptrs, mask, "load")
+        return load(self, ptrs, mask, *rest)
+
+    def store_checked(self, ptrs, value, mask, *rest):
+        check(ptrs, mask, "store")
+        return store(self, ptrs, value, mask, *rest)
+
+    ti.GridExecutor._init_args_hst = init_args_checked
+    ti.InterpreterBuilder.create_masked_load = load_checked
+    ti.InterpreterBuilder.create_masked_store = store_checked
+
+
 def worker_main(conn) -> None:
     """Loop of the worker process: receive a case, send back None or the failure text."""
     torch.set_num_threads(1)
     # NaN / inf inputs make the Triton interpreter's numpy warn; the oracle judges the results.
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    import pipo_kernels  # noqa: F401 - registers the ops before the first case
+    import pipo_kernels  # registers the ops before the first case
+
+    if pipo_kernels._backend.triton_interpreting():
+        _install_interpreter_bounds_check()
 
     while True:
         try:
