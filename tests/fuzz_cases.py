@@ -14,7 +14,9 @@ It must succeed when every argument's layout follows the documented rule (``LAYO
 table of docs/ops.md "Tensor views") and the reference accepts the values; it must raise, naming an
 argument that breaks its rule, when one does. Every tensor lives inside a larger buffer whose
 elements outside the view (guard bands, gaps between strided rows) hold NaN / poison values: a
-write past a view changes them, a read past a view poisons the output.
+write past a view changes them, a read past a view poisons the output. Under Triton's interpreter
+every load and store is also checked against the spans of the launch's tensor arguments
+(``_install_interpreter_bounds_check``), which catches accesses far outside any buffer.
 """
 
 from __future__ import annotations
