@@ -80,6 +80,14 @@ if has_step memcheck; then
       python3 -m pytest -q -x -ra "$f" -k "cuda and not triton and not compile and not graph" &
   done
 fi
+# Property-based fuzzing of the CUDA backend (tests/test_fuzz.py: views, bad index values with and
+# without PIPO_VALIDATE, NaN / inf) under memcheck: every case raises cleanly or stays in bounds.
+if has_step memcheck; then
+  run_step memcheck-fuzz "$LIMIT_SAN" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    PIPO_FUZZ_BACKENDS="${FUZZ_BACKENDS:-cuda}" PIPO_FUZZ_EXAMPLES="${FUZZ_EXAMPLES:-0.5}" \
+    compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
+    python3 -m pytest -q -x -ra tests/test_fuzz.py -k test_fuzz &
+fi
 if has_step racecheck; then
   for f in $RACECHECK_TESTS; do
     run_step "racecheck-$(basename "$f" .py)" "$LIMIT_SAN" \

@@ -39,8 +39,16 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 }
 
 inline void check_contiguous(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous tensor (shape ", shape_str(t),
-              ", strides ", c10::str(t.strides()), ")");
+  TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous tensor, got strides ",
+              c10::str(t.strides()), " for shape ", shape_str(t));
+}
+
+// An index tensor the kernels read by flat position: dim, dtype, and contiguous (a strided view
+// would be read as raw storage; copying it instead would allocate behind a CUDA graph's back).
+inline void check_index(const at::Tensor& t, int64_t dim, at::ScalarType dtype, const char* name) {
+  check_dim(t, dim, name);
+  check_dtype(t, dtype, name);
+  check_contiguous(t, name);
 }
 
 inline void check_size(const at::Tensor& t, int64_t dim, int64_t size, const char* name,

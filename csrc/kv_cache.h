@@ -39,8 +39,7 @@ inline void check_kv_append_args(const at::Tensor& key, const at::Tensor& value,
                 c10::str(t->strides()));
   }
   check_size(value, 0, key.size(0), "value", "num_tokens of key");
-  check_dim(slot_mapping, 1, "slot_mapping");
-  check_dtype(slot_mapping, at::kLong, "slot_mapping");
+  check_index(slot_mapping, 1, at::kLong, "slot_mapping");
   check_same_device(slot_mapping, k_cache, "slot_mapping", "k_cache");
   check_size(slot_mapping, 0, key.size(0), "slot_mapping", "num_tokens of key");
 }
@@ -50,8 +49,7 @@ inline void check_kv_compact_args(const at::Tensor& k_cache, const at::Tensor& v
   check_caches(k_cache, v_cache);
   for (const auto& [t, name] :
        {std::pair{&src_slots, "src_slots"}, std::pair{&dst_slots, "dst_slots"}}) {
-    check_dim(*t, 1, name);
-    check_dtype(*t, at::kLong, name);
+    check_index(*t, 1, at::kLong, name);
     check_same_device(*t, k_cache, name, "k_cache");
   }
   check_size(dst_slots, 0, src_slots.size(0), "dst_slots", "length of src_slots");

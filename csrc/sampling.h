@@ -99,8 +99,7 @@ inline void check_pair_out_args(const at::Tensor& hidden, const at::Tensor& mtp_
   check_size(fc2_weight, 0, 1, "fc2_weight", "one output");
   check_size(fc2_weight, 1, h, "fc2_weight", "hidden size");
   for (const auto& [t, name] : {std::pair{&token1, "token1"}, std::pair{&token2, "token2"}}) {
-    check_dim(*t, 1, name);
-    check_dtype(*t, at::kLong, name);
+    check_index(*t, 1, at::kLong, name);
     check_same_device(*t, hidden, name, "hidden");
     check_size(*t, 0, batch, name, "batch size of hidden");
   }

@@ -41,6 +41,14 @@ def check_contiguous(t: torch.Tensor, name: str) -> None:
         fail(name, "a contiguous tensor", f"strides {t.stride()} for shape {tuple(t.shape)}")
 
 
+def check_index(t: torch.Tensor, dim: int, dtype: torch.dtype, name: str) -> None:
+    """An index tensor the kernels read by flat position (csrc/checks.h check_index): a strided
+    view would be read as raw storage, and a hidden copy would allocate behind a CUDA graph."""
+    check_dim(t, dim, name)
+    check_dtype(t, dtype, name)
+    check_contiguous(t, name)
+
+
 def check_size(t: torch.Tensor, dim: int, size: int, name: str, what: str) -> None:
     if t.shape[dim] != size:
         fail(name, f"size {size} in dim {dim} ({what})", f"shape {tuple(t.shape)}")
@@ -51,9 +59,10 @@ def validate_enabled() -> bool:
     return os.environ.get("PIPO_VALIDATE", "0") not in ("", "0")
 
 
-def should_check_values(t: torch.Tensor) -> bool:
-    """Index values are checked on the CPU always, on a GPU only with PIPO_VALIDATE=1, and never
+def should_check_values(t: torch.Tensor, sync_ok: bool = False) -> bool:
+    """Index values are checked on the CPU always, on a GPU only with PIPO_VALIDATE=1 or when the
+    caller accepts a sync (the torch backend, whose indexing would follow a bad index), and never
     while tracing: fake and functional tensors (torch.compile, opcheck, export) carry no values."""
     if torch.compiler.is_compiling() or type(t) is not torch.Tensor:
         return False
-    return t.device.type == "cpu" or validate_enabled()
+    return t.device.type == "cpu" or sync_ok or validate_enabled()

@@ -204,7 +204,7 @@ def paged_attention(
     args = (q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree_mask)
     if impl == "torch":
         check_args(*args, num_splits)
-        if should_check_values(block_table):
+        if should_check_values(block_table, sync_ok=True):
             check_values(q, k_cache, block_table, kv_lens, q_indptr, tree_mask)
         return reference.paged_attention(*args, sm_scale, return_lse)
     if impl == "triton":

@@ -8,8 +8,8 @@ from . import _backend, reference
 from ._checks import (
     check_contiguous,
     check_dim,
-    check_dtype,
     check_float,
+    check_index,
     check_like,
     check_size,
     fail,
@@ -49,8 +49,7 @@ def check_append_args(key, value, k_cache, v_cache, slot_mapping) -> None:
                 f"strides {t.stride()}",
             )
     check_size(value, 0, key.shape[0], "value", "num_tokens of key")
-    check_dim(slot_mapping, 1, "slot_mapping")
-    check_dtype(slot_mapping, torch.int64, "slot_mapping")
+    check_index(slot_mapping, 1, torch.int64, "slot_mapping")
     if slot_mapping.device != k_cache.device:
         fail("slot_mapping", f"the device of k_cache ({k_cache.device})", slot_mapping.device)
     check_size(slot_mapping, 0, key.shape[0], "slot_mapping", "num_tokens of key")
@@ -59,8 +58,7 @@ def check_append_args(key, value, k_cache, v_cache, slot_mapping) -> None:
 def check_compact_args(k_cache, v_cache, src_slots, dst_slots) -> None:
     _check_caches(k_cache, v_cache)
     for t, name in ((src_slots, "src_slots"), (dst_slots, "dst_slots")):
-        check_dim(t, 1, name)
-        check_dtype(t, torch.int64, name)
+        check_index(t, 1, torch.int64, name)
         if t.device != k_cache.device:
             fail(name, f"the device of k_cache ({k_cache.device})", t.device)
     check_size(dst_slots, 0, src_slots.shape[0], "dst_slots", "length of src_slots")
@@ -133,7 +131,7 @@ def kv_cache_append(
     impl = _backend.resolve("kv_cache_append", k_cache.device, backend)
     if impl == "torch":
         check_append_args(key, value, k_cache, v_cache, slot_mapping)
-        if should_check_values(slot_mapping):
+        if should_check_values(slot_mapping, sync_ok=True):
             check_slot_values(slot_mapping, num_slots(k_cache), "slot_mapping")
         reference.kv_cache_append(key, value, k_cache, v_cache, slot_mapping)
     elif impl == "triton":
@@ -171,7 +169,7 @@ def kv_cache_compact(
     impl = _backend.resolve("kv_cache_compact", k_cache.device, backend)
     if impl == "torch":
         check_compact_args(k_cache, v_cache, src_slots, dst_slots)
-        if should_check_values(src_slots):
+        if should_check_values(src_slots, sync_ok=True):
             check_compact_values(src_slots, dst_slots, num_slots(k_cache))
         reference.kv_cache_compact(k_cache, v_cache, src_slots, dst_slots)
     elif impl == "triton":

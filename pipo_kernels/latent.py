@@ -157,7 +157,7 @@ def fold_pairs(
     impl = _backend.resolve("fold_pairs", embedding.device, backend)
     if impl == "torch":
         check_fold_args(pair_ids, embedding, weight, bias, activation)
-        if should_check_values(pair_ids):
+        if should_check_values(pair_ids, sync_ok=True):
             check_token_values(pair_ids, embedding.shape[0], "pair_ids")
         return reference.fold_pairs(pair_ids, embedding, weight, bias, activation)
     if impl == "triton":
@@ -205,7 +205,7 @@ def unfold_input(
     args = (token_ids, hidden, embedding, embed_norm_weight, hidden_norm_weight, weight)
     if impl == "torch":
         check_unfold_args(*args)
-        if should_check_values(token_ids):
+        if should_check_values(token_ids, sync_ok=True):
             check_token_values(token_ids, embedding.shape[0], "token_ids")
         return reference.unfold_input(*args, eps)
     if impl == "triton":

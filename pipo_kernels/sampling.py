@@ -47,6 +47,7 @@ from ._checks import (
     check_dim,
     check_dtype,
     check_float,
+    check_index,
     check_like,
     check_size,
     fail,
@@ -141,8 +142,7 @@ def check_pair_out_args(hidden, mtp_hidden, token1, token2, norm_weight, fc1, fc
     check_size(fc2, 0, 1, "fc2_weight", "one output")
     check_size(fc2, 1, h, "fc2_weight", "hidden size")
     for t, name in ((token1, "token1"), (token2, "token2")):
-        check_dim(t, 1, name)
-        check_dtype(t, torch.int64, name)
+        check_index(t, 1, torch.int64, name)
         if t.device != hidden.device:
             fail(name, f"the device of hidden ({hidden.device})", t.device)
         check_size(t, 0, batch, name, "batch size of hidden")
@@ -236,7 +236,7 @@ def sample_tokens(
     args = (hidden, lm_head, temperature, top_k, top_p, presence_penalty, seen, seeds, offsets)
     if impl == "torch":
         check_sample_args(*args, num_candidates)
-        if should_check_values(temperature):
+        if should_check_values(temperature, sync_ok=True):
             check_sample_values(temperature, top_k, top_p)
         return reference.sample_tokens(*args, num_candidates)
     if impl == "triton":

@@ -207,7 +207,7 @@ def verify_tree(
     impl = _backend.resolve("verify_tree", draft_tokens.device, backend)
     if impl == "torch":
         check_greedy_args(draft_tokens, parents, q_indptr, target_tokens, max_depth)
-        if should_check_values(q_indptr):
+        if should_check_values(q_indptr, sync_ok=True):
             check_tree_values(draft_tokens, parents, q_indptr, max_depth)
         return reference.verify_tree(draft_tokens, parents, q_indptr, target_tokens, max_depth)
     if impl == "triton":
@@ -268,7 +268,7 @@ def verify_tree_stochastic(
     impl = _backend.resolve("verify_tree_stochastic", draft_tokens.device, backend)
     if impl == "torch":
         check_stochastic_args(*args)
-        if should_check_values(q_indptr):
+        if should_check_values(q_indptr, sync_ok=True):
             check_tree_values(draft_tokens, parents, q_indptr, max_depth, draft_probs.shape[1])
         return reference.verify_tree_stochastic(*args)
     if impl == "triton":

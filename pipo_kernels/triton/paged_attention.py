@@ -24,6 +24,11 @@ LN2 = math.log(2.0)
 
 
 @triton.jit
+def _clamp(x, lo, hi):
+    return tl.minimum(tl.maximum(x, lo), hi)
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr,
     k_ptr,
@@ -67,20 +72,22 @@ def _paged_attention_kernel(
     split = tl.program_id(2)
 
     # Which sequence owns this tile: sequences' tile counts, prefix-summed.
+    # q_indptr is not checked on the fast path (no sync): each sequence's query range is clamped
+    # into [0, num_tokens], as in the verify kernels, so a bad entry is never followed.
     bs = tl.arange(0, BLOCK_B)
     in_batch = bs < batch
-    starts = tl.load(indptr_ptr + bs, mask=in_batch, other=0)
-    ends = tl.load(indptr_ptr + bs + 1, mask=in_batch, other=0)
-    tiles = (tl.maximum(ends - starts, 0) * GROUP + BLOCK_M - 1) // BLOCK_M
+    starts = _clamp(tl.load(indptr_ptr + bs, mask=in_batch, other=0), 0, num_tokens)
+    ends = _clamp(tl.load(indptr_ptr + bs + 1, mask=in_batch, other=0), starts, num_tokens)
+    tiles = ((ends - starts) * GROUP + BLOCK_M - 1) // BLOCK_M
     done = tl.cumsum(tiles, 0)
     b = tl.sum((done <= tile).to(tl.int32), 0)
     if b >= batch:
         return
     t_in = tile - tl.sum(tl.where(bs < b, tiles, 0), 0)
 
-    q_start = tl.load(indptr_ptr + b)
-    q_len = tl.load(indptr_ptr + b + 1) - q_start
-    kv_len = tl.load(kv_lens_ptr + b)
+    q_start = tl.sum(tl.where(bs == b, starts, 0), 0)
+    q_len = tl.sum(tl.where(bs == b, ends, 0), 0) - q_start
+    kv_len = _clamp(tl.load(kv_lens_ptr + b), 0, bt_stride * PAGE_SIZE)
     prefix = kv_len - q_len
     n_rows = q_len * GROUP
 

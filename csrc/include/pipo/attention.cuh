@@ -90,6 +90,21 @@ constexpr size_t smem_bytes() {
          static_cast<size_t>(kWarps * RPW) * D * sizeof(float);  // scaled queries
 }
 
+// Sequence b's query range [start, end), clamped into [0, num_tokens] (q_indptr is not checked on
+// the fast path: a negative, decreasing or too large entry is never followed), and its kv_len
+// clamped into [0, max_pages * page_size], as the verify kernels clamp their trees.
+__device__ __forceinline__ void seq_range(const PagedAttentionParams& p, int b, int& start,
+                                          int& end) {
+  const int64_t n = p.num_tokens, s = p.q_indptr[b], e = p.q_indptr[b + 1];
+  const int64_t cs = s < 0 ? 0 : (s > n ? n : s);
+  start = static_cast<int>(cs);
+  end = static_cast<int>(e < cs ? cs : (e > n ? n : e));
+}
+__device__ __forceinline__ int seq_kv_len(const PagedAttentionParams& p, int b) {
+  const int64_t len = p.kv_lens[b], capacity = p.max_pages * p.page_size;
+  return static_cast<int>(len < 0 ? 0 : (len > capacity ? capacity : len));
+}
+
 // The sequence owning `tile` and the tile's index inside it (tiles numbered sequence by sequence,
 // ceil(q_len * group / rows) per sequence). seq = -1 when the tile is past the last one. Every
 // warp computes it redundantly, so all threads of the block agree without shared memory.
@@ -102,8 +117,9 @@ __device__ __forceinline__ void find_tile(const PagedAttentionParams& p, int row
     const int b = base + lane;
     int n = 0;
     if (b < p.batch) {
-      const int q_len = max(p.q_indptr[b + 1] - p.q_indptr[b], 0);
-      n = (q_len * p.group + rows - 1) / rows;
+      int start, end;
+      seq_range(p, b, start, end);
+      n = ((end - start) * p.group + rows - 1) / rows;
     }
     int incl = n;
     for (int off = 1; off < 32; off *= 2) {
@@ -137,9 +153,10 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const PagedAt
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int G = p.group;
 
-  const int q_start = p.q_indptr[seq];
-  const int q_len = p.q_indptr[seq + 1] - q_start;
-  const int kv_len = p.kv_lens[seq];
+  int q_start, q_end;
+  seq_range(p, seq, q_start, q_end);
+  const int q_len = q_end - q_start;
+  const int kv_len = seq_kv_len(p, seq);
   const int prefix = kv_len - q_len;
   const int n_rows = q_len * G;
   const int row0 = t_in * ROWS;
