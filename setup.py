@@ -188,6 +188,10 @@ def main() -> None:
 
     sources = read_sources()
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-DPIPO_PYTHON_EXTENSION"]
+    # Python's own CFLAGS carry -g: host debug info doubled the C++ compile time (latent.cpp: 43 s
+    # -> 20 s of CPU) and made objects 30x larger. PIPO_BUILD_DEBUG=1 keeps it (gdb backtraces).
+    if os.environ.get("PIPO_BUILD_DEBUG") != "1":
+        cxx_flags.append("-g0")
     # libstdc++ must be the process's shared one: torch already loaded libstdc++.so.6, and a
     # second, static copy inside _C crashed every integer formatted into an error message on the
     # GPU machine (benchmarks/NOTES.md, run 2). The explicit -lstdc++ resolves every C++ runtime

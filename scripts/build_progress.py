@@ -169,7 +169,8 @@ def wrap_ninja(ninja: str, args: list[str]) -> int:
                 last[0] = now
 
     threading.Thread(target=heartbeat, daemon=True).start()
-    log = open("ninja.log", "w")  # noqa: SIM115 (written line by line while ninja runs)
+    log = open("ninja.log", "a")  # noqa: SIM115 (appended line by line while ninja runs)
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} ninja {' '.join(args)}\n")
     proc = subprocess.Popen(
         [ninja, *args],
         stdout=subprocess.PIPE,
