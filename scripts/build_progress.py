@@ -140,9 +140,9 @@ def _plan(ninja: str, args: list[str]) -> None:
     est = estimate_seconds(len(cuda), len(archs), n_cxx, jobs)
     totals[0] = len(edges)
     say(
-        f"compiling {len(edges)} files: {what}, {min(jobs, os.cpu_count() or 1)} at a time; "
-        f"roughly {max(1, round(est / 60))} min on {os.cpu_count()} cores "
-        f"(objects are kept in {_rel(Path.cwd())}: a rebuild compiles only what changed)"
+        f"compiling {len(edges)} files: {what}; {jobs} jobs on {os.cpu_count()} cores, roughly "
+        f"{max(1, round(est / 60))} min (objects are kept in {_rel(Path.cwd())}: a rebuild "
+        "compiles only what changed)"
     )
 
 
@@ -192,7 +192,8 @@ def wrap_ninja(ninja: str, args: list[str]) -> int:
                 f"[{m.group(1)}/{m.group(2)}] {compiler} {source}{target}  {_clock(last[0] - start)}"
             )
         elif line.startswith("FAILED: "):
-            say(f"FAILED: {line[8:].strip()} (compiler output follows; commands in ninja.log)")
+            target = re.sub(r"^\[code=\d+\]\s*", "", line[8:].strip())  # ninja >= 1.12 adds it
+            say(f"FAILED: {target} (the compiler's output follows; commands in ninja.log)")
             sys.stdout.write(line)
         else:  # compiler messages: pip shows them with -v and on failure
             sys.stdout.write(line)
