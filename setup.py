@@ -243,7 +243,6 @@ def main() -> None:
             **ext_kwargs,
         )
 
-    log(summary)
     variant += f"-py{sys.version_info.major}{sys.version_info.minor}"
     build_ext = make_build_ext(BuildExtension, variant, summary, find_ninja())
     setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})

@@ -31,10 +31,11 @@ from pathlib import Path
 PREFIX = "[pipo-kernels build]"
 ROOT = Path(__file__).resolve().parent.parent
 
-# CPU seconds per object, measured on the 2-core development machine (AMD EPYC, nvcc 13, g++ 12;
-# benchmarks/NOTES.md, "Build times"): a CUDA file costs about this much per architecture.
-SEC_PER_CUDA_ARCH = 75.0
-SEC_PER_CXX = 40.0
+# CPU seconds per object on the 2-core development machine (AMD EPYC, nvcc 13.0, g++ 12, -O3, no
+# debug info): the CMake build of these sources took 421 s of CPU in all, 125 s of it for the C++
+# objects, so a CUDA file costs ~28 s per architecture and a C++ file ~20 s (docs/build.md).
+SEC_PER_CUDA_ARCH = 28.0
+SEC_PER_CXX = 20.0
 
 _tty = None
 _tty_checked = False
@@ -140,9 +141,9 @@ def _plan(ninja: str, args: list[str]) -> None:
     est = estimate_seconds(len(cuda), len(archs), n_cxx, jobs)
     totals[0] = len(edges)
     say(
-        f"compiling {len(edges)} files: {what}; {jobs} jobs on {os.cpu_count()} cores, roughly "
-        f"{max(1, round(est / 60))} min (objects are kept in {_rel(Path.cwd())}: a rebuild "
-        "compiles only what changed)"
+        f"compiling {len(edges)} files: {what}; {jobs} jobs on {os.cpu_count()} cores, about "
+        f"{max(1, round(est / 60))} min if they are idle (objects are kept in "
+        f"{_rel(Path.cwd())}: a rebuild compiles only what changed)"
     )
 
 
