@@ -260,7 +260,8 @@ def test_sampled_frequencies_triton(setting):
 
 @pytest.mark.parametrize(("backend", "device"), _backends("sample_tokens"))
 def test_same_seed_and_offset_same_tokens(backend, device):
-    inp, _ = _stat_inputs("temperature", 64, 40, device)
+    rows = 16 if backend == "triton" and device.type == "cpu" else 64  # interpreted: each row slow
+    inp, _ = _stat_inputs("temperature", rows, 40, device)
     a = pipo_kernels.sample_tokens(**inp, backend=backend)[0]
     b = pipo_kernels.sample_tokens(**inp, backend=backend)[0]
     assert torch.equal(a, b)
