@@ -1,21 +1,59 @@
 """Builds pipo_kernels._C: the CPU kernels always, the CUDA kernels whenever torch is a CUDA build
 and nvcc is found (a GPU need not be visible). See README.md, "What gets built"."""
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHS = "8.0;9.0a"  # used when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset
+# Objects live here between builds (pip's editable build would otherwise compile into a fresh
+# temporary folder every time): the second README command, or any rebuild, compiles only what
+# changed. PIPO_BUILD_DIR moves it.
+BUILD_DIR = Path(os.environ.get("PIPO_BUILD_DIR") or ROOT / "build").resolve()
+
+
+def _load_progress():
+    spec = importlib.util.spec_from_file_location(
+        "build_progress", ROOT / "scripts" / "build_progress.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+progress = _load_progress()
 
 
 def log(msg: str) -> None:
-    print(f"[pipo-kernels build] {msg}", flush=True)
+    """Detail for pip's log (`pip install -v`); progress.say() also reaches the terminal."""
+    print(f"{progress.PREFIX} {msg}", flush=True)
+
+
+def find_ninja() -> str | None:
+    """ninja on the PATH, else the one the `ninja` wheel installed (a venv's bin folder is not on
+    the PATH when its pip is called by path)."""
+    found = shutil.which("ninja")
+    if found:
+        return found
+    try:
+        import ninja
+
+        cand = Path(ninja.BIN_DIR) / "ninja"
+        if cand.exists():
+            os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+            return str(cand)
+    except (ImportError, AttributeError):
+        pass
+    return None
 
 
 def drop_static_libstdcxx() -> None:
@@ -89,6 +127,45 @@ def extra_cuda_include_dirs(cuda_home: str) -> list[str]:
     return found[:1]
 
 
+def make_build_ext(base, variant: str, summary: str, ninja: str | None):
+    """torch's BuildExtension with a persistent object folder and visible progress."""
+
+    class BuildExt(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, use_ninja=ninja is not None, **kwargs)
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = str(BUILD_DIR / f"temp-{variant}")
+
+        def build_extensions(self):
+            if ninja is not None:
+                # torch runs `ninja -v` by name: a shim first on the PATH condenses its output
+                shim_dir = BUILD_DIR / "bin"
+                shim_dir.mkdir(parents=True, exist_ok=True)
+                shim = shim_dir / "ninja"
+                script = ROOT / "scripts" / "build_progress.py"
+                shim.write_text(
+                    f'#!/bin/sh\nexec "{sys.executable}" "{script}" ninja-wrap "{ninja}" "$@"\n'
+                )
+                shim.chmod(0o755)
+                os.environ["PATH"] = f"{shim_dir}{os.pathsep}{os.environ['PATH']}"
+            else:
+                progress.say(
+                    "ninja not found: compiling one file at a time, from scratch every time "
+                    "(pip install ninja)"
+                )
+            progress.say(f"{summary}; objects in {self.build_temp}")
+            start = time.monotonic()
+            super().build_extensions()
+            progress.say(
+                f"linked {self.get_ext_filename('pipo_kernels._C')} "
+                f"({time.monotonic() - start:.0f} s in all)"
+            )
+
+    return BuildExt
+
+
 def main() -> None:
     cuda_home = find_cuda_home()
     if cuda_home:
@@ -111,6 +188,10 @@ def main() -> None:
 
     sources = read_sources()
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-DPIPO_PYTHON_EXTENSION"]
+    # Python's own CFLAGS carry -g: host debug info doubled the C++ compile time (latent.cpp: 43 s
+    # -> 20 s of CPU) and made objects 30x larger. PIPO_BUILD_DEBUG=1 keeps it (gdb backtraces).
+    if os.environ.get("PIPO_BUILD_DEBUG") != "1":
+        cxx_flags.append("-g0")
     # libstdc++ must be the process's shared one: torch already loaded libstdc++.so.6, and a
     # second, static copy inside _C crashed every integer formatted into an error message on the
     # GPU machine (benchmarks/NOTES.md, run 2). The explicit -lstdc++ resolves every C++ runtime
@@ -138,7 +219,9 @@ def main() -> None:
         ]
         nvcc_flags += [f"-Xcompiler=-idirafter,{d}" for d in extra_cuda_include_dirs(cuda_home)]
         cxx_flags.append("-DPIPO_WITH_CUDA")
-        log(f"CUDA kernels: on (CUDA_HOME={cuda_home}, archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        summary = f"CUDA kernels: on (CUDA_HOME={cuda_home}, archs {archs})"
+        variant = "cuda-" + re.sub(r"[^0-9a-z]+", "-", archs.lower().replace(".", "")).strip("-")
         ext = CUDAExtension(
             "pipo_kernels._C",
             sources,
@@ -150,7 +233,8 @@ def main() -> None:
         why = (
             "PIPO_BUILD_CUDA=0" if forced == "0" else "torch is not a CUDA build or nvcc not found"
         )
-        log(f"CUDA kernels: off ({why}); building the CPU kernels only")
+        summary = f"CUDA kernels: off ({why}); building the CPU kernels only"
+        variant = "cpu"
         ext = CppExtension(
             "pipo_kernels._C",
             [s for s in sources if not s.startswith("csrc/cuda/")],
@@ -159,12 +243,9 @@ def main() -> None:
             **ext_kwargs,
         )
 
-    setup(
-        ext_modules=[ext],
-        cmdclass={
-            "build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
-        },
-    )
+    variant += f"-py{sys.version_info.major}{sys.version_info.minor}"
+    build_ext = make_build_ext(BuildExtension, variant, summary, find_ninja())
+    setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
 
 
 main()

@@ -14,7 +14,7 @@ import torch  # noqa: F401  (loads libtorch before the extension needs it)
 __version__ = "0.1.0"
 
 try:
-    from . import _C  # registers the C++ ops
+    from . import _C  # type: ignore[attr-defined]  # registers the C++ ops (compiled, no stub)
 except ImportError as exc:  # pragma: no cover - only when the extension was not built
     logging.getLogger("pipo_kernels").warning(
         "pipo_kernels._C could not be loaded (%s): only the 'torch' and 'triton' backends are "

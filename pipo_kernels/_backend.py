@@ -102,7 +102,7 @@ def _resolve(
         return backend
     if env and why_unavailable(op, env, device) is None:
         return env
-    skipped = []
+    skipped: list[str] = []
     for cand in PREFERENCE.get(kind, ("torch",)):
         reason = why_unavailable(op, cand, device)
         if reason is None:

@@ -47,7 +47,7 @@ def check_args(q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree_mask, n
         (kv_lens, "kv_lens", batch, "batch size of block_table"),
         (q_indptr, "q_indptr", batch + 1, "batch size of block_table + 1"),
     ):
-        if n is not None:
+        if n is not None and what is not None:
             check_dim(t, 1, name)
             check_dtype(t, torch.int32, name)
             check_size(t, 0, n, name, what)

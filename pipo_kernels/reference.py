@@ -87,7 +87,7 @@ def paged_attention(
     tree_mask: torch.Tensor | None = None,
     sm_scale: float | None = None,
     return_lse: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Dense attention of each sequence's queries over its gathered KV with an explicit mask.
 
     Computes in float32, or float64 when the inputs are float64 (the tests' precise reference).

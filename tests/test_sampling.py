@@ -229,22 +229,39 @@ def test_sampled_frequencies_match_distribution(setting, backend):
     torch.testing.assert_close(logprob.double(), probs.log()[tokens], atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
+@requires_cuda
+@pytest.mark.parametrize("setting", list(STAT_SETTINGS))
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_sampled_frequencies_gpu(setting, backend):
+    """The full-size frequency test of the CPU kernels, for the GPU kernels."""
+    rows, v = 20000, 40
+    inp, probs = _stat_inputs(setting, rows, v, torch.device("cuda"))
+    tokens, logprob, _, _ = pipo_kernels.sample_tokens(**inp, backend=backend)
+    _check_frequencies(tokens, probs, bound=0.04)
+    torch.testing.assert_close(logprob.cpu().double(), probs.log()[tokens.cpu()], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("setting", ["pipo", "top_p"])
 def test_sampled_frequencies_triton(setting):
+    """The interpreted Triton kernel draws the reference's tokens, row by row (it adds exactly the
+    reference's noise), on the statistical test's inputs; the reference's frequencies are tested
+    at full size above (20000 draws, `test_sampled_frequencies_match_distribution[torch-*]`), so
+    equal tokens carry the same statistics. 32 rows: the interpreter runs every row as its own
+    program (300 rows took 90 s of CPU on the 2-core machine); on a GPU the CUDA and Triton
+    kernels get the full-size frequency test (`test_sampled_frequencies_gpu`)."""
     if "triton" not in pipo_kernels.available_backends("sample_tokens", CPU):
         pytest.skip("triton not available")
-    inp, probs = _stat_inputs(setting, 300, 8)
+    inp, probs = _stat_inputs(setting, 32, 8)
     tokens, _, _, _ = pipo_kernels.sample_tokens(**inp, backend="triton")
-    _check_frequencies(tokens, probs, bound=0.2)  # expected total variation ~0.06
-    # The interpreted Triton kernel adds exactly the reference's noise: same tokens.
+    assert probs[tokens].min() > 0, "sampled a token outside the filtered set"
     ref = _ref64({**inp, "num_candidates": 0})[0]
-    assert (tokens == ref).float().mean() > 0.99
+    assert int((tokens != ref).sum()) <= 1  # a float tie may flip one row
 
 
 @pytest.mark.parametrize(("backend", "device"), _backends("sample_tokens"))
 def test_same_seed_and_offset_same_tokens(backend, device):
-    inp, _ = _stat_inputs("temperature", 64, 40, device)
+    rows = 16 if backend == "triton" and device.type == "cpu" else 64  # interpreted: each row slow
+    inp, _ = _stat_inputs("temperature", rows, 40, device)
     a = pipo_kernels.sample_tokens(**inp, backend=backend)[0]
     b = pipo_kernels.sample_tokens(**inp, backend=backend)[0]
     assert torch.equal(a, b)
@@ -429,8 +446,9 @@ def _pair_args(inp: dict) -> tuple:
     ("case", "op"),
     [
         *((c, "sample_tokens") for c in ("mixed_f32", "pipo_bf16", "small_vocab_f16", "empty")),
-        # The interpreted Triton op runs ~6 times per opcheck: one small case.
-        ("pipo_bf16", "sample_tokens_triton"),
+        # The interpreted Triton op runs ~6 times per opcheck: one small case (pipo_bf16 took
+        # 5x longer).
+        ("small_vocab_f16", "sample_tokens_triton"),
     ],
 )
 def test_sample_tokens_opcheck(case, op):
@@ -455,7 +473,9 @@ def test_torch_compile_fullgraph(suffix):
         pytest.skip("op not registered")
     sample = getattr(torch.ops.pipo, "sample_tokens" + suffix)
     pair = getattr(torch.ops.pipo, "pair_out" + suffix)
-    args = _sample_args(make_sample_inputs("pipo_bf16"))
+    # the interpreted Triton op (on a CPU) runs on the small case: pipo_bf16 took 5x longer
+    small = suffix == "_triton" and not HAS_CUDA
+    args = _sample_args(make_sample_inputs("small_vocab_f16" if small else "pipo_bf16"))
     pargs = _pair_args(make_pair_inputs("f32"))
 
     def step(args, pargs):

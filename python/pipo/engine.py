@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -38,6 +39,14 @@ from .tokenizer import ByteTokenizer
 __all__ = ["MODES", "Engine", "Request", "Result", "SamplingParams", "Stats"]
 
 MODES = ("ar", "pipo", "spec")
+
+
+class Tokenizer(Protocol):
+    """What the engine needs of a tokenizer (ByteTokenizer, or a Hugging Face one's wrapper)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
 
 @dataclass
@@ -191,7 +200,7 @@ class Engine:
         *,
         mode: str = "pipo",
         verifier: ARModel | None = None,
-        tokenizer=None,
+        tokenizer: Tokenizer | None = None,
         use_kernels: bool = True,
         threshold: float = 0.5,
         num_pages: int = 512,
