@@ -5,7 +5,7 @@
 #include <optional>
 
 #include "checks.h"
-#include "pipo/gumbel.h"
+#include "pipo/sampling_limits.h"
 
 namespace pipo {
 

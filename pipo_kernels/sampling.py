@@ -13,7 +13,7 @@ Sampling semantics shared by every backend (C++ CPU, CUDA, Triton and the torch 
   < top_p; top_p = 1 = no limit). The token is a sample from softmax(z) over the nucleus.
 * Randomness: Gumbel-max. token = argmax over the nucleus of z[v] + g[v], where g[v] is Gumbel
   noise from a counter-based hash of (seeds[b], offsets[b], v) (``reference.gumbel_noise``,
-  ``csrc/include/pipo/gumbel.h``): the same inputs give the same token on every run and every
+  ``csrc/include/pipo/rng.h``): the same inputs give the same token on every run and every
   backend (up to float rounding of near-ties); changing offsets[b] gives an independent draw.
   The uniform behind g takes 2**23 values, so the noise is truncated to [-2.81, 16.6]; this can
   change an outcome only when two noise values both reach the top of the range (a total-variation
@@ -55,7 +55,7 @@ from ._checks import (
 
 __all__ = ["MAX_CANDIDATES", "pair_out", "sample_tokens"]
 
-MAX_CANDIDATES = 64  # kMaxCandidates in csrc/include/pipo/gumbel.h
+MAX_CANDIDATES = 64  # kMaxCandidates in csrc/include/pipo/sampling_limits.h
 
 
 def _check_row_param(t, batch, dtype, hidden, name) -> None:

@@ -20,6 +20,8 @@
 #include <limits>
 #include <vector>
 
+#include "pipo/rng.h"
+
 namespace pipo {
 namespace {
 

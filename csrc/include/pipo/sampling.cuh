@@ -26,7 +26,8 @@
 #include <type_traits>
 
 #include "pipo/common.cuh"
-#include "pipo/gumbel.h"
+#include "pipo/rng.h"
+#include "pipo/sampling_limits.h"
 
 namespace pipo {
 

@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "pipo/common.cuh"
-#include "pipo/verify_rng.h"
+#include "pipo/rng.h"
 
 namespace pipo {
 
