@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "pipo/rng.h"
+#include "vec.h"
 
 namespace pipo {
 namespace {
@@ -56,18 +57,13 @@ inline void insert_candidate(Cand* list, int& n, int k, Cand c) {
 // out[b, j] = x[b] . w[j] for 16-bit weight rows w [n, H] (bfloat16 or float16). Four rows at a
 // time, in chunks of kChunk features: the chunk is converted to float32 once and dotted with
 // every row of x while both sit in L1, so the weight is read once whatever B is. GCC vector
-// types keep the partial sums in registers; the clones below pick AVX-512 / AVX2 at run time.
-// Everything here is internal and inlined into the clones, so GCC's -Wpsabi note about passing
-// 64-byte vectors by value does not apply.
+// types (vec.h) keep the partial sums in registers; one copy per instruction set below, picked
+// at run time. Everything here is internal and inlined into the copies, so GCC's -Wpsabi note
+// about passing 64-byte vectors by value does not apply.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-typedef float Vec16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+using cpu::load16;
+using Vec16 = cpu::vf16;
 
 template <typename T>
 __attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t batch, int64_t h,
@@ -136,17 +132,37 @@ __attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t
   }
 }
 
-#define PIPO_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-
-PIPO_CPU_CLONES void rows_dot_bf16(const float* x, int64_t batch, int64_t h, const c10::BFloat16* w,
-                                   int64_t n, float* out, float* wbuf, Vec16* acc) {
+// One copy of the tile kernel per instruction set (vec.h), for both 16-bit weight dtypes.
+template <typename T>
+PIPO_TARGET(PIPO_TARGET_AVX512)
+void rows_dot_avx512(const float* x, int64_t batch, int64_t h, const T* w, int64_t n, float* out,
+                     float* wbuf, Vec16* acc) {
+  rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
+}
+template <typename T>
+PIPO_TARGET(PIPO_TARGET_AVX2)
+void rows_dot_avx2(const float* x, int64_t batch, int64_t h, const T* w, int64_t n, float* out,
+                   float* wbuf, Vec16* acc) {
+  rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
+}
+template <typename T>
+void rows_dot_generic(const float* x, int64_t batch, int64_t h, const T* w, int64_t n, float* out,
+                      float* wbuf, Vec16* acc) {
   rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
 }
 
-PIPO_CPU_CLONES void rows_dot_f16(const float* x, int64_t batch, int64_t h, const c10::Half* w,
-                                  int64_t n, float* out, float* wbuf, Vec16* acc) {
-  rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
+template <typename T>
+void rows_dot(const float* x, int64_t batch, int64_t h, const T* w, int64_t n, float* out,
+              float* wbuf, Vec16* acc) {
+  switch (cpu::cpu_isa()) {
+    case cpu::Isa::kAvx512Bf16:
+    case cpu::Isa::kAvx512:
+      return rows_dot_avx512(x, batch, h, w, n, out, wbuf, acc);
+    case cpu::Isa::kAvx2:
+      return rows_dot_avx2(x, batch, h, w, n, out, wbuf, acc);
+    default:
+      return rows_dot_generic(x, batch, h, w, n, out, wbuf, acc);
+  }
 }
 #pragma GCC diagnostic pop
 
@@ -167,9 +183,9 @@ void tile_logits(const at::Tensor& x, const at::Tensor& w, float* out, std::vect
   auto* acc =
       reinterpret_cast<Vec16*>((reinterpret_cast<uintptr_t>(conv + 4 * 256) + 63) / 64 * 64);
   if (w.scalar_type() == at::kBFloat16) {
-    rows_dot_bf16(x.data_ptr<float>(), batch, h, w.data_ptr<c10::BFloat16>(), n, out, conv, acc);
+    rows_dot(x.data_ptr<float>(), batch, h, w.data_ptr<c10::BFloat16>(), n, out, conv, acc);
   } else {
-    rows_dot_f16(x.data_ptr<float>(), batch, h, w.data_ptr<c10::Half>(), n, out, conv, acc);
+    rows_dot(x.data_ptr<float>(), batch, h, w.data_ptr<c10::Half>(), n, out, conv, acc);
   }
 }
 

@@ -6,22 +6,11 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "../sampling.h"
+#include "dtype.h"
 #include "pipo/sampling.cuh"
 
 namespace pipo {
 namespace {
-
-template <typename F>
-cudaError_t dispatch_float(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kHalf:
-      return f.template operator()<__half>();
-    case at::kBFloat16:
-      return f.template operator()<__nv_bfloat16>();
-    default:
-      return f.template operator()<float>();
-  }
-}
 
 int multiprocessors(int device) {
   int n = 0;
@@ -109,8 +98,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cuda_la
   p.n_parts = static_cast<int>(n_parts);
   p.part_span = static_cast<int>(span);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const cudaError_t err = dispatch_float(
-      hidden.scalar_type(), [&]<typename T>() { return launch_sample_tokens<T>(p, rb, stream); });
+  const cudaError_t err = dispatch_dtype(cuda_dtype(hidden.scalar_type()), [&]<typename T>() {
+    return launch_sample_tokens<T>(p, rb, stream);
+  });
   TORCH_CHECK(err == cudaSuccess, "sample_tokens: CUDA launch failed: ", cudaGetErrorString(err));
   return {tokens, token_logprob, cand_ids, cand_logprobs};
 }
@@ -146,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda_launch(
   p.threshold = static_cast<float>(threshold);
   p.eps = static_cast<float>(eps);
   p.pad_id = pad_id;
-  const cudaError_t err = dispatch_float(hidden.scalar_type(), [&]<typename T>() {
+  const cudaError_t err = dispatch_dtype(cuda_dtype(hidden.scalar_type()), [&]<typename T>() {
     return launch_pair_out<T>(p, c10::cuda::getCurrentCUDAStream());
   });
   TORCH_CHECK(err == cudaSuccess, "pair_out: CUDA launch failed: ", cudaGetErrorString(err));

@@ -85,34 +85,6 @@ constexpr int kSampleThreads = 256;
 constexpr int kSubTile = 32;
 constexpr int kMergeCap = 1024;
 constexpr int64_t kMinKey = INT64_MIN;
-constexpr unsigned kFull = 0xFFFFFFFFu;
-
-// Zero of T without the implicit conversions that torch builds disable.
-template <typename T>
-__device__ __forceinline__ T zero_of() {
-  if constexpr (sizeof(T) == 4) {
-    return 0.0f;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half(0.0f);
-  } else {
-    return __float2bfloat16(0.0f);
-  }
-}
-
-// VEC consecutive elements as float; VEC * sizeof(T) is 16 (one vector load) or VEC is 1.
-template <int VEC, typename T>
-__device__ __forceinline__ void load_floats(const T* p, float* out) {
-  if constexpr (VEC == 1) {
-    out[0] = to_float(p[0]);
-  } else {
-    static_assert(VEC * sizeof(T) == 16, "vector loads are 16 bytes");
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) out[i] = to_float(e[i]);
-  }
-}
-
 __device__ __forceinline__ int32_t order_key(float z) {
   const int32_t b = __float_as_int(z);
   return b >= 0 ? b : b ^ 0x7FFFFFFF;
@@ -153,54 +125,6 @@ __device__ __forceinline__ RowMode row_mode(float t, int32_t k, float p, int64_t
   return m;
 }
 
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-
-// Reduction over the whole block; every thread gets the result. `sh` holds 32 entries.
-template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T identity, T* sh) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // a previous call may still be reading sh
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : identity;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-
-struct MaxOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a > b ? a : b;
-  }
-};
-struct MinOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a < b ? a : b;
-  }
-};
-struct SumOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a + b;
-  }
-};
-
-// Stage 1. Dynamic shared memory: RB * H elements of T (the hidden rows), then the sub-tile's
-// logits [RB][32] and the candidate lists [RB][kMaxCandidates].
 template <typename T, int RB, int VEC>
 __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SampleParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -218,7 +142,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
 
   for (int64_t i = threadIdx.x; i < RB * H; i += blockDim.x) {
     const int64_t r = row0 + i / H;
-    sh_hidden[i] = r < p.batch ? hidden[r * H + i % H] : zero_of<T>();
+    sh_hidden[i] = r < p.batch ? hidden[r * H + i % H] : from_float<T>(0.0f);
   }
 
   // Per-row state, held by warp `warp` for row row0 + warp (uniform across its lanes).
@@ -254,7 +178,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         if (v_warp + r < v_end) {
-          load_floats<VEC>(lm_head + (v_warp + r) * H + h, w[r]);
+          load_floats<VEC, Load::kPlain>(lm_head + (v_warp + r) * H + h, w[r]);
         } else {
 #pragma unroll
           for (int i = 0; i < VEC; ++i) w[r][i] = 0.0f;
@@ -263,7 +187,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
 #pragma unroll
       for (int b = 0; b < RB; ++b) {
         float x[VEC];
-        load_floats<VEC>(sh_hidden + b * H + h, x);
+        load_floats<VEC, Load::kPlain>(sh_hidden + b * H + h, x);
 #pragma unroll
         for (int r = 0; r < 4; ++r)
 #pragma unroll
@@ -297,22 +221,23 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
       const int64_t key = valid ? pack(score, v) : kMinKey;
       const int64_t key_max = warp_max(key);
       if (key_max > best) {
-        const int src = __ffs(__ballot_sync(kFull, key == key_max)) - 1;
+        const int src = __ffs(__ballot_sync(kFullMask, key == key_max)) - 1;
         best = key_max;
-        best_z = __shfl_sync(kFull, z, src);
+        best_z = __shfl_sync(kFullMask, z, src);
       }
       if (mode.k_track > 0) {
         const int64_t ckey = valid ? pack(z, v) : kMinKey;
         auto beats = [&](int64_t c) {
           return c != kMinKey && (n_cand < mode.k_track || c > list[mode.k_track - 1]);
         };
-        unsigned pending = __ballot_sync(kFull, beats(ckey));
+        unsigned pending = __ballot_sync(kFullMask, beats(ckey));
         while (pending != 0) {
           const int src = __ffs(pending) - 1;
-          const int64_t c = __shfl_sync(kFull, ckey, src);
+          const int64_t c = __shfl_sync(kFullMask, ckey, src);
           const bool gt0 = lane < n_cand && list[lane] > c;
           const bool gt1 = lane + 32 < n_cand && list[lane + 32] > c;
-          const int pos = __popc(__ballot_sync(kFull, gt0)) + __popc(__ballot_sync(kFull, gt1));
+          const int pos =
+              __popc(__ballot_sync(kFullMask, gt0)) + __popc(__ballot_sync(kFullMask, gt1));
           const int last = min(n_cand, mode.k_track - 1);
           const int64_t old0 = lane >= 1 ? list[lane - 1] : 0;
           const int64_t old1 = list[lane + 31];
@@ -324,7 +249,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
           __syncwarp();
           n_cand = min(n_cand + 1, mode.k_track);
           pending &= ~(1u << src);
-          pending &= __ballot_sync(kFull, beats(ckey));
+          pending &= __ballot_sync(kFullMask, beats(ckey));
         }
       }
     }
@@ -583,7 +508,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_exact_kernel(SamplePara
     const float zv = ok ? z[v] : -INFINITY;
     const int64_t o = order_key(zv);
     const bool tie = ok && o == zstar;
-    const unsigned ballot = __ballot_sync(kFull, tie);
+    const unsigned ballot = __ballot_sync(kFullMask, tie);
     __syncthreads();
     if (lane == 0) sh.warp_ties[warp] = __popc(ballot);
     __syncthreads();
