@@ -26,12 +26,13 @@ import torch.nn.functional as F
 import pipo_kernels
 from benchmarks.common import (
     PRESETS,
+    Case,
+    backends_for,
     bench_parser,
     copy_bandwidth_gbs,
-    format_table,
-    progress,
+    report,
+    sweep,
     time_fn,
-    write_results,
 )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -92,99 +93,82 @@ def concatenated(op: str, a: dict) -> torch.Tensor:
     return torch.cat([a["embedding"][a["token_ids"]], a["hidden"]], -1).contiguous()
 
 
+def cases(args, ops, presets, sizes, dtype, device, copy_gbs, budget):
+    # Default (automatic) dynamic shapes: one recompile marks N dynamic, so the sweep does not
+    # compile once per shape; this is also what a serving loop would get.
+    compiled = {op: torch.compile(EAGER[op]) for op in ops}
+    for op, preset, n in itertools.product(ops, presets, sizes):
+        h = PRESETS[preset]["hidden"]
+        flops = 2 * n * h * 2 * h
+        if device.type == "cpu" and args.quick and flops > args.cpu_max_gflop * 1e9:
+            continue  # quick CPU runs skip the GEMMs that take seconds each
+        a = make_inputs(op, preset, n, dtype, device)
+        baselines = {"eager": partial(EAGER[op], **a)}
+        if not args.no_compile:
+            baselines["compile"] = partial(compiled[op], **a)
+        weight_bytes = a["weight"].numel() * a["weight"].element_size()
+        if n <= DECODE_MAX_ROWS:
+            limit = ("weight/copyBW", weight_bytes / (copy_gbs * 1e9) * 1e3)
+        else:
+            x, w = concatenated(op, a), a["weight"]
+            matmul = time_fn(lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget)
+            limit = ("matmul", matmul.median_ms)
+        yield Case(
+            dict(op=op, preset=preset, hidden=h, n=n),
+            partial(_on_backend, getattr(pipo_kernels, op), a),
+            baselines,
+            flops=flops,
+            limit=limit,
+        )
+
+
+def _on_backend(fn, kwargs, backend):
+    return fn(**kwargs, backend=backend)
+
+
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
-    cpu = device.type == "cpu"
     ops = args.ops or ["fold_pairs", "unfold_input"]
     copy_gbs = copy_bandwidth_gbs(device)
     presets = args.presets or (["tiny", "qwen3-4b"] if args.quick else list(BENCH_PRESETS))
     sizes = args.tokens or ([1, 8, 64, 256, 2048] if args.quick else [1, 8, 64, 256, 2048, 16384])
     budget = 0.2 if args.quick else 0.5
-    # Default (automatic) dynamic shapes: one recompile marks N dynamic, so the sweep does not
-    # compile once per shape; this is also what a serving loop would get.
-    compiled = {op: torch.compile(EAGER[op]) for op in ops}
     print(
         f"device {device} | threads {torch.get_num_threads()} | dtype {args.dtype} | "
         f"copy bandwidth (read+write) {copy_gbs:.1f} GB/s"
     )
-    rows = []
-    cases = list(itertools.product(ops, presets, sizes))
-    for op, preset, n in progress(cases, desc="latent"):
-        h = PRESETS[preset]["hidden"]
-        flops = 2 * n * h * 2 * h
-        if cpu and args.quick and flops > args.cpu_max_gflop * 1e9:
-            continue  # quick CPU runs skip the GEMMs that take seconds each
-        a = make_inputs(op, preset, n, dtype, device)
-        eager = time_fn(partial(EAGER[op], **a), device, budget_s=budget)
-        comp = None
-        if not args.no_compile:
-            comp = time_fn(partial(compiled[op], **a), device, budget_s=budget)
-        weight_bytes = a["weight"].numel() * a["weight"].element_size()
-        if n <= DECODE_MAX_ROWS:
-            limit_ms, limit = weight_bytes / (copy_gbs * 1e9) * 1e3, "weight/copyBW"
-        else:
-            x, w = concatenated(op, a), a["weight"]
-            limit_ms = time_fn(
-                lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget
-            ).median_ms
-            limit = "matmul"
-        backends = [
-            b
-            for b in pipo_kernels.available_backends(op, device)
-            if not (b == "triton" and cpu and not args.triton)
-        ]
-        fn = getattr(pipo_kernels, op)
-        for backend in backends:
-            t = time_fn(partial(fn, **a, backend=backend), device, budget_s=budget)
-            rows.append(
-                dict(
-                    op=op,
-                    preset=preset,
-                    hidden=h,
-                    n=n,
-                    backend=backend,
-                    us=t.median_ms * 1e3,
-                    eager_us=eager.median_ms * 1e3,
-                    compile_us=comp.median_ms * 1e3 if comp else None,
-                    vs_eager=eager.median_ms / t.median_ms,
-                    vs_compile=comp.median_ms / t.median_ms if comp else None,
-                    tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                    limit=limit,
-                    limit_us=limit_ms * 1e3,
-                    frac_limit=limit_ms / t.median_ms,
-                    runs=t.runs,
-                )
-            )
-    path = write_results(
+    rows = sweep(
+        cases(args, ops, presets, sizes, dtype, device, copy_gbs, budget),
+        device,
+        partial(backends_for, device=device, triton_on_cpu=args.triton),
+        copy_gbs=copy_gbs,
+        budget_s=budget,
+        desc="latent",
+    )
+    report(
         "latent",
         device,
         rows,
+        [
+            ("op", "op", ""),
+            ("preset", "preset", ""),
+            ("n", "N", "d"),
+            ("backend", "backend", ""),
+            ("us", "median µs", ".1f"),
+            ("eager_us", "eager µs", ".1f"),
+            ("compile_us", "compile µs", ".1f"),
+            ("vs_eager", "x eager", ".2f"),
+            ("vs_compile", "x compile", ".2f"),
+            ("tflops", "TFLOP/s", ".3f"),
+            ("limit", "limit", ""),
+            ("frac_limit", "of limit", ".0%"),
+        ],
         {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
         out_dir=args.out,
     )
-    print(
-        format_table(
-            rows,
-            [
-                ("op", "op", ""),
-                ("preset", "preset", ""),
-                ("n", "N", "d"),
-                ("backend", "backend", ""),
-                ("us", "median µs", ".1f"),
-                ("eager_us", "eager µs", ".1f"),
-                ("compile_us", "compile µs", ".1f"),
-                ("vs_eager", "x eager", ".2f"),
-                ("vs_compile", "x compile", ".2f"),
-                ("tflops", "TFLOP/s", ".3f"),
-                ("limit", "limit", ""),
-                ("frac_limit", "of limit", ".0%"),
-            ],
-        )
-    )
-    print(f"results: {path}")
     return rows
 
 
@@ -202,9 +186,6 @@ def main(argv=None) -> None:
         help="with --quick on a CPU, skip shapes above this many GFLOP per call",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    parser.add_argument(
-        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
-    )
     run(parser.parse_args(argv))
 
 
