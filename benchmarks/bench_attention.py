@@ -25,15 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    Case,
-    backends_for,
-    bench_parser,
-    copy_bandwidth_gbs,
-    report,
-    sweep,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BENCH_PRESETS = ("qwen3.5-4b", "llama3-8b")
@@ -176,16 +168,6 @@ def _on_backend(t_args, backend):
 
 
 def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    on_cpu = device.type == "cpu"
-    backends = partial(backends_for, device=device, triton_on_cpu=args.triton, with_torch=False)
-    use_flex = args.flex or not on_cpu
-    copy_gbs = copy_bandwidth_gbs(device)
-    print(
-        f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | "
-        f"backends {backends('paged_attention')}"
-    )
     presets = args.presets or list(BENCH_PRESETS)
     if args.quick:
         grid = [("decode", 1, b, kv) for b in (1, 8) for kv in (512, 4096)]
@@ -196,41 +178,29 @@ def run(args) -> list[dict]:
         kvs = args.kv_lens or [512, 4096, 32768]
         grid = [("decode", 1, b, kv) for b in (1, 64) for kv in kvs]
         grid += [("tree", n, b, kv) for n in (4, 16, 64) for b in (1, 8, 64) for kv in kvs[::2]]
-    max_tokens = args.max_tokens or (1 << 17 if on_cpu else 1 << 21)
-    rows = sweep(
-        cases(args, presets, grid, dtype, device, use_flex, max_tokens),
-        device,
-        backends,
-        copy_gbs=copy_gbs,
+
+    def make_cases(device, _):
+        on_cpu = device.type == "cpu"
+        max_tokens = args.max_tokens or (1 << 17 if on_cpu else 1 << 21)
+        use_flex = args.flex or not on_cpu
+        return cases(args, presets, grid, DTYPES[args.dtype], device, use_flex, max_tokens)
+
+    return run_cases(
+        "attention",
+        args,
+        make_cases,
+        [
+            ("preset", "preset", ""),
+            ("kind", "kind", ""),
+            ("q_len", "q/seq", "d"),
+            ("batch", "B", "d"),
+            ("kv_len", "KV len", "d"),
+        ],
+        extra={"dtype": args.dtype, "page_size": args.page_size},
+        with_torch=False,
         budget_s=0.5 if args.quick else 1.0,
-        desc="attention",
         interleaved=True,
     )
-    columns = [
-        ("preset", "preset", ""),
-        ("kind", "kind", ""),
-        ("q_len", "q/seq", "d"),
-        ("batch", "B", "d"),
-        ("kv_len", "KV len", "d"),
-        ("backend", "backend", ""),
-        ("us", "median µs", ".1f"),
-        ("sdpa_us", "SDPA µs", ".1f"),
-        ("vs_sdpa", "x SDPA", ".2f"),
-    ]
-    if use_flex:
-        columns += [("vs_flex", "x flex", ".2f")]
-    if any("vs_flashinfer" in r for r in rows):
-        columns += [("vs_flashinfer", "x FlashInfer", ".2f")]
-    columns += [("gbs", "KV GB/s", ".1f"), ("frac_copy_bw", "of copy BW", ".0%")]
-    report(
-        "attention",
-        device,
-        rows,
-        columns,
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype, "page_size": args.page_size},
-        out_dir=args.out,
-    )
-    return rows
 
 
 def main(argv=None) -> None:

@@ -17,15 +17,7 @@ from functools import partial
 import torch
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    Case,
-    backends_for,
-    bench_parser,
-    copy_bandwidth_gbs,
-    report,
-    sweep,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PAGE_SIZE = 16
@@ -61,25 +53,22 @@ def cases(presets, token_counts, dtype, device):
     for preset, tokens in itertools.product(presets, token_counts):
         key, value, k_cache, v_cache, slots = make_append(preset, tokens, dtype, device)
         row_bytes = key[0].numel() * key.element_size()
-        tensors = (key, value, k_cache, v_cache, slots)
-        # K and V rows, each read once and written once.
-        yield Case(
-            dict(op="append", preset=preset, tokens=tokens),
-            partial(_on_backend, pipo_kernels.kv_cache_append, tensors),
-            {"baseline": partial(baseline_append, *tensors)},
-            op="kv_cache_append",
-            bytes=4 * tokens * row_bytes,
-        )
+        append = (key, value, k_cache, v_cache, slots)
+        yield _case("kv_cache_append", baseline_append, append, preset, tokens, row_bytes)
         if tokens >= 2:  # move half of the new rows one slot along their (overlapping) slots
             m = tokens // 2
-            cargs = (k_cache, v_cache, slots[:m].contiguous(), slots[1 : m + 1].contiguous())
-            yield Case(
-                dict(op="compact", preset=preset, tokens=m),
-                partial(_on_backend, pipo_kernels.kv_cache_compact, cargs),
-                {"baseline": partial(baseline_compact, *cargs)},
-                op="kv_cache_compact",
-                bytes=4 * m * row_bytes,
-            )
+            moves = (k_cache, v_cache, slots[:m].contiguous(), slots[1 : m + 1].contiguous())
+            yield _case("kv_cache_compact", baseline_compact, moves, preset, m, row_bytes)
+
+
+def _case(op: str, baseline, args: tuple, preset: str, rows: int, row_bytes: int) -> Case:
+    return Case(
+        dict(op=op.removeprefix("kv_cache_"), preset=preset, tokens=rows),
+        partial(_on_backend, getattr(pipo_kernels, op), args),
+        {"baseline": partial(baseline, *args)},
+        op=op,
+        bytes=4 * rows * row_bytes,  # K and V rows, each read once and written once
+    )
 
 
 def _on_backend(fn, args, backend):
@@ -87,43 +76,15 @@ def _on_backend(fn, args, backend):
 
 
 def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    copy_gbs = copy_bandwidth_gbs(device)
-    backends = partial(backends_for, device=device, triton_on_cpu=args.triton)
-    print(
-        f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | "
-        f"backends {backends('kv_cache_append')}"
-    )
     presets = args.presets or (["tiny", "llama3-8b"] if args.quick else list(PRESETS))
     token_counts = args.tokens or ([1, 256, 4096] if args.quick else [1, 16, 256, 4096, 16384])
-    rows = sweep(
-        cases(presets, token_counts, dtype, device),
-        device,
-        backends,
-        copy_gbs=copy_gbs,
-        budget_s=0.2 if args.quick else 0.5,
-        desc="kv_cache",
-    )
-    report(
+    return run_cases(
         "kv_cache",
-        device,
-        rows,
-        [
-            ("op", "op", ""),
-            ("preset", "preset", ""),
-            ("tokens", "tokens", "d"),
-            ("backend", "backend", ""),
-            ("us", "median µs", ".1f"),
-            ("baseline_us", "baseline µs", ".1f"),
-            ("gbs", "GB/s", ".1f"),
-            ("vs_baseline", "x baseline", ".2f"),
-            ("frac_copy_bw", "of copy BW", ".0%"),
-        ],
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
-        out_dir=args.out,
+        args,
+        lambda device, _: cases(presets, token_counts, DTYPES[args.dtype], device),
+        [("op", "op", ""), ("preset", "preset", ""), ("tokens", "tokens", "d")],
+        extra={"dtype": args.dtype},
     )
-    return rows
 
 
 def main(argv=None) -> None:

@@ -24,16 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    Case,
-    backends_for,
-    bench_parser,
-    copy_bandwidth_gbs,
-    report,
-    sweep,
-    time_fn,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases, time_fn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BENCH_PRESETS = ("tiny", "qwen3-4b", "llama3-8b")
@@ -127,49 +118,24 @@ def _on_backend(fn, kwargs, backend):
 
 
 def run(args) -> list[dict]:
-    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
     ops = args.ops or ["fold_pairs", "unfold_input"]
-    copy_gbs = copy_bandwidth_gbs(device)
     presets = args.presets or (["tiny", "qwen3-4b"] if args.quick else list(BENCH_PRESETS))
     sizes = args.tokens or ([1, 8, 64, 256, 2048] if args.quick else [1, 8, 64, 256, 2048, 16384])
     budget = 0.2 if args.quick else 0.5
-    print(
-        f"device {device} | threads {torch.get_num_threads()} | dtype {args.dtype} | "
-        f"copy bandwidth (read+write) {copy_gbs:.1f} GB/s"
-    )
-    rows = sweep(
-        cases(args, ops, presets, sizes, dtype, device, copy_gbs, budget),
-        device,
-        partial(backends_for, device=device, triton_on_cpu=args.triton),
-        copy_gbs=copy_gbs,
-        budget_s=budget,
-        desc="latent",
-    )
-    report(
+
+    def make_cases(device, copy_gbs):
+        return cases(args, ops, presets, sizes, DTYPES[args.dtype], device, copy_gbs, budget)
+
+    return run_cases(
         "latent",
-        device,
-        rows,
-        [
-            ("op", "op", ""),
-            ("preset", "preset", ""),
-            ("n", "N", "d"),
-            ("backend", "backend", ""),
-            ("us", "median µs", ".1f"),
-            ("eager_us", "eager µs", ".1f"),
-            ("compile_us", "compile µs", ".1f"),
-            ("vs_eager", "x eager", ".2f"),
-            ("vs_compile", "x compile", ".2f"),
-            ("tflops", "TFLOP/s", ".3f"),
-            ("limit", "limit", ""),
-            ("frac_limit", "of limit", ".0%"),
-        ],
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
-        out_dir=args.out,
+        args,
+        make_cases,
+        [("op", "op", ""), ("preset", "preset", ""), ("n", "N", "d")],
+        extra={"dtype": args.dtype, "threads": torch.get_num_threads()},
+        budget_s=budget,
     )
-    return rows
 
 
 def main(argv=None) -> None:

@@ -23,16 +23,7 @@ from functools import partial
 import torch
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    Case,
-    backends_for,
-    bench_parser,
-    copy_bandwidth_gbs,
-    device_name,
-    report,
-    sweep,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 
 MODES = {
     # name: (temperature, top_k, top_p, presence_penalty)
@@ -132,10 +123,6 @@ def flashinfer_chain(fi, inp, seen_mask, t, k, p, pen):
 
 
 def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    copy_gbs = copy_bandwidth_gbs(device)
-    print(f"device: {device_name(device)}; copy bandwidth {copy_gbs:.1f} GB/s; dtype {args.dtype}")
     try:
         import flashinfer.sampling as fi
     except ImportError:
@@ -151,38 +138,17 @@ def run(args) -> list[dict]:
         compile_presets = set(presets)
     if args.no_compile:
         compile_presets = set()
-    rows = sweep(
-        cases(shapes, modes, compile_presets, dtype, device, fi),
-        device,
-        partial(backends_for, device=device, triton_on_cpu=args.triton, with_torch=False),
-        copy_gbs=copy_gbs,
+    dtype = getattr(torch, args.dtype)
+    return run_cases(
+        "sampling",
+        args,
+        lambda device, _: cases(shapes, modes, compile_presets, dtype, device, fi),
+        [("preset", "preset", ""), ("B", "B", "d"), ("mode", "mode", "")],
+        extra={"dtype": args.dtype},
+        with_torch=False,
         budget_s=1.0,
-        desc="sampling",
         timing=dict(warmup=1, min_runs=5, max_runs=100),
     )
-    for row in rows:
-        row["dtype"] = args.dtype
-    report(
-        "sampling",
-        device,
-        rows,
-        [
-            ("preset", "preset", ""),
-            ("B", "B", "d"),
-            ("mode", "mode", ""),
-            ("backend", "backend", ""),
-            ("us", "median µs", ".1f"),
-            ("eager_us", "eager µs", ".1f"),
-            ("vs_eager", "x eager", ".2f"),
-            ("vs_compiled", "x compiled", ".2f"),
-            ("vs_flashinfer", "x FlashInfer", ".2f"),
-            ("gbs", "GB/s", ".1f"),
-            ("frac_copy_bw", "of copy BW", ".0%"),
-        ],
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
-        out_dir=args.out,
-    )
-    return rows
 
 
 def main(argv=None) -> None:

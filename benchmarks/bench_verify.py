@@ -19,15 +19,7 @@ from functools import partial
 import torch
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    Case,
-    backends_for,
-    bench_parser,
-    copy_bandwidth_gbs,
-    report,
-    sweep,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 from pipo_kernels import reference
 
 
@@ -102,39 +94,18 @@ def _on_backend(fn, args, backend):
 
 
 def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    copy_gbs = copy_bandwidth_gbs(device)
-    print(f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s")
     batches = args.batch or ([1, 64] if args.quick else [1, 8, 64, 256])
-    rows = sweep(
-        cases(args.presets or ["tiny", "qwen3-4b"], batches, args.nodes, args.max_depth, device),
-        device,
-        partial(backends_for, device=device, triton_on_cpu=args.triton, with_torch=False),
-        copy_gbs=copy_gbs,
-        budget_s=0.2 if args.quick else 0.5,
-        desc="verify",
-        baseline_timing=dict(min_runs=3, warmup=1),
-    )
-    report(
+    presets = args.presets or ["tiny", "qwen3-4b"]
+    return run_cases(
         "verify",
-        device,
-        rows,
-        [
-            ("op", "op", ""),
-            ("preset", "vocab preset", ""),
-            ("batch", "B", "d"),
-            ("backend", "backend", ""),
-            ("us", "median µs", ".1f"),
-            ("reference_us", "reference µs", ".1f"),
-            ("vs_reference", "x reference", ".1f"),
-            ("mean_accept", "mean accept_len", ".2f"),
-            ("gbs", "GB/s (min traffic)", ".1f"),
-            ("frac_copy_bw", "of copy BW", ".1%"),
-        ],
-        {"copy_bandwidth_gbs": copy_gbs, "nodes": args.nodes, "max_depth": args.max_depth},
-        out_dir=args.out,
+        args,
+        lambda device, _: cases(presets, batches, args.nodes, args.max_depth, device),
+        [("op", "op", ""), ("preset", "vocab preset", ""), ("batch", "B", "d")],
+        extra={"nodes": args.nodes, "max_depth": args.max_depth},
+        with_torch=False,
+        baseline_timing=dict(min_runs=3, warmup=1),
+        more_columns=[("mean_accept", "mean accept_len", ".2f")],
     )
-    return rows
 
 
 def main(argv=None) -> None:

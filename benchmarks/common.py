@@ -394,6 +394,25 @@ def sweep(
     return rows
 
 
+def result_columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    """The table columns of what `sweep` measured, for the keys present in `rows`: backend,
+    median time, the first baseline's time, every ratio (x <baseline>), then the rates."""
+    present = list(dict.fromkeys(k for r in rows for k, v in r.items() if v is not None))
+    baselines = [k[3:] for k in present if k.startswith("vs_")]
+    cols = [("backend", "backend", ""), ("us", "median µs", ".1f")]
+    if baselines:
+        cols.append((f"{baselines[0]}_us", f"{baselines[0]} µs", ".1f"))
+    cols += [(f"vs_{b}", f"x {b}", ".2f") for b in baselines]
+    rates = [
+        ("gbs", "GB/s", ".1f"),
+        ("tflops", "TFLOP/s", ".3f"),
+        ("limit", "limit", ""),
+        ("frac_limit", "of limit", ".0%"),
+        ("frac_copy_bw", "of copy BW", ".0%"),
+    ]
+    return cols + [c for c in rates if c[0] in present]
+
+
 def report(
     name: str,
     device: torch.device,
@@ -401,9 +420,58 @@ def report(
     columns: Sequence[tuple[str, str, str]],
     extra: dict | None = None,
     out_dir: Path | None = None,
+    more_columns: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
-    """Writes the results JSON (write_results), prints the table of `columns` and the path."""
+    """Writes the results JSON (write_results) and prints the table: the configuration `columns`
+    (key, header, format spec), result_columns(rows), then `more_columns`."""
     path = write_results(name, device, rows, extra, out_dir=out_dir)
-    print(format_table(rows, columns))
+    print(format_table(rows, [*columns, *result_columns(rows), *more_columns]))
     print(f"results: {path}")
     return path
+
+
+def run_cases(
+    name: str,
+    args: argparse.Namespace,
+    make_cases: Callable[[torch.device, float], Iterable[Case]],
+    columns: Sequence[tuple[str, str, str]],
+    *,
+    extra: dict | None = None,
+    with_torch: bool = True,
+    budget_s: float | None = None,
+    more_columns: Sequence[tuple[str, str, str]] = (),
+    **sweep_kwargs,
+) -> list[dict]:
+    """A whole benchmark run from bench_parser's `args`: measures the copy bandwidth, builds the
+    cases with make_cases(device, copy_gbs), sweeps them over the backends (backends_for with
+    `--triton` and `with_torch`), prints the table of the configuration `columns`, the results
+    and `more_columns`, and writes results/<device>/<name>.json with `extra` in its header. Returns the
+    rows. The budget per timing defaults to 0.2 s with --quick, 0.5 s otherwise."""
+    device = torch.device(args.device)
+    copy_gbs = copy_bandwidth_gbs(device)
+    backends = partial(
+        backends_for, device=device, triton_on_cpu=args.triton, with_torch=with_torch
+    )
+    settings = "".join(f" | {k} {v}" for k, v in (extra or {}).items())
+    print(
+        f"{name} | device {device_name(device)} | copy BW (read+write) {copy_gbs:.1f} GB/s{settings}"
+    )
+    rows = sweep(
+        make_cases(device, copy_gbs),
+        device,
+        backends,
+        copy_gbs=copy_gbs,
+        budget_s=budget_s if budget_s is not None else (0.2 if args.quick else 0.5),
+        desc=name,
+        **sweep_kwargs,
+    )
+    report(
+        name,
+        device,
+        rows,
+        columns,
+        {"copy_bandwidth_gbs": copy_gbs, **(extra or {})},
+        args.out,
+        more_columns,
+    )
+    return rows
