@@ -85,13 +85,13 @@ PIPO_INLINE vf16 load16(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-PIPO_INLINE void store16(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
+PIPO_INLINE void store16(float* p, const vf16& v) { std::memcpy(p, &v, sizeof(v)); }
 PIPO_INLINE vu16 load16(const uint32_t* p) {
   vu16 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-PIPO_INLINE void store16(uint32_t* p, vu16 v) { std::memcpy(p, &v, sizeof(v)); }
+PIPO_INLINE void store16(uint32_t* p, const vu16& v) { std::memcpy(p, &v, sizeof(v)); }
 PIPO_INLINE vf16 splat16(float x) { return vf16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 PIPO_INLINE vu16 splat16(uint32_t x) {
   return vu16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
