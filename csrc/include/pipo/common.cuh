@@ -106,15 +106,17 @@ __device__ __forceinline__ T warp_max(T v) {
 
 // Reduction over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets
 // the result. `sh` holds one entry per warp; `identity` pads the second round. Call it from
-// every thread of the block (it synchronises).
+// every thread of the block: it synchronises before writing `sh` (earlier readers may still be
+// reading it) and after reading it (so the caller may write `sh` as soon as it returns).
 template <typename T, typename Op>
 __device__ T block_reduce(T v, Op op, T identity, T* sh) {
   v = warp_reduce(v, op);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // a previous call may still be reading sh
+  __syncthreads();
   if (lane == 0) sh[warp] = v;
   __syncthreads();
   v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : identity;
+  __syncthreads();
   return warp_reduce(v, op);
 }
 
