@@ -19,24 +19,13 @@ fraction of the copy bandwidth (read + write) measured in the same run.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    Timing,
-    bench_parser,
-    copy_bandwidth_gbs,
-    format_table,
-    progress,
-    synchronize,
-    write_results,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BENCH_PRESETS = ("qwen3.5-4b", "llama3-8b")
@@ -139,68 +128,11 @@ def flashinfer_fn(args, trees, batch, kv_len, q_len):
     return partial(wrapper.run, q, (k_cache, v_cache))
 
 
-def time_interleaved(fns: dict, device, budget_s: float, min_runs: int = 5, max_runs: int = 200):
-    """Median time of each function, timing them in turn (one run each per round) so that every
-    one sees the same machine load: the ratios stay meaningful on a shared, busy CPU."""
-    for fn in fns.values():
-        fn()
-        fn()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start < budget_s):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                t0.record()
-                fn()
-                t1.record()
-                t1.synchronize()
-                times[name].append(t0.elapsed_time(t1))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=5) if len(ts) >= 5 else [min(ts)] * 4
-        out[name] = Timing(statistics.median(ts), q[0], q[3], len(ts))
-    return out
-
-
-def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    on_cpu = device.type == "cpu"
-    backends = [
-        b
-        for b in pipo_kernels.available_backends("paged_attention", device)
-        if b != "torch" and not (b == "triton" and on_cpu and not args.triton)
-    ]
-    use_flex = args.flex or not on_cpu
-    copy_gbs = copy_bandwidth_gbs(device)
-    print(
-        f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | backends {backends}"
-    )
-    presets = args.presets or list(BENCH_PRESETS)
-    if args.quick:
-        grid = [("decode", 1, b, kv) for b in (1, 8) for kv in (512, 4096)]
-        grid += [("tree", n, b, kv) for n in (16, 64) for b in (1, 4) for kv in (512, 4096)]
-    else:
-        # Sized for the GPU check (FlexAttention compiles once per shape): decode and trees at
-        # a short and a long context, batch 1 (one sequence must fill the GPU) up to 64.
-        kvs = args.kv_lens or [512, 4096, 32768]
-        grid = [("decode", 1, b, kv) for b in (1, 64) for kv in kvs]
-        grid += [("tree", n, b, kv) for n in (4, 16, 64) for b in (1, 8, 64) for kv in kvs[::2]]
-    budget = 0.5 if args.quick else 1.0
-    max_tokens = args.max_tokens or (1 << 17 if on_cpu else 1 << 21)
-    rows = []
+def cases(args, presets, grid, dtype, device, use_flex, max_tokens):
     configs = [(p, *c) for p, c in itertools.product(presets, grid) if c[2] * c[3] <= max_tokens]
-    for preset, kind, q_len, batch, kv_len in progress(configs, desc="attention"):
+    for seed, (preset, kind, q_len, batch, kv_len) in enumerate(configs):
         t_args, trees = make_problem(
-            preset, batch, kv_len, q_len, args.page_size, dtype, device, seed=len(rows)
+            preset, batch, kv_len, q_len, args.page_size, dtype, device, seed=seed
         )
         k_cache = t_args[1]
         kv_bytes = 2 * batch * kv_len * k_cache.shape[2] * k_cache.shape[3] * k_cache.element_size()
@@ -213,64 +145,62 @@ def run(args) -> list[dict]:
             except Exception as exc:  # report, keep benchmarking the rest
                 fns.pop("flex")
                 print(f"flex attention failed for {preset} {kind} B{batch} L{kv_len}: {exc}")
-        if not on_cpu:
+        if device.type != "cpu":
             try:
                 fns["flashinfer"] = flashinfer_fn(t_args, trees, batch, kv_len, q_len)
                 fns["flashinfer"]()
             except Exception as exc:  # ImportError included: not installed
                 fns.pop("flashinfer", None)
-                if not rows:
+                if seed == 0:
                     print(f"flashinfer baseline unavailable: {type(exc).__name__}: {exc}")
-        baseline_names = list(fns)
-        for backend in backends:
-            fns[backend] = partial(pipo_kernels.paged_attention, *t_args, backend=backend)
-        timings = time_interleaved(fns, device, budget)
+        yield Case(
+            dict(preset=preset, kind=kind, q_len=q_len, batch=batch, kv_len=kv_len),
+            partial(_on_backend, t_args),
+            fns,
+            op="paged_attention",
+            bytes=kv_bytes,  # K and V of every sequence, read once
+        )
         del qd, k, v, dense, fns
-        for backend in backends:
-            t = timings[backend]
-            gbs = kv_bytes / (t.median_ms * 1e-3) / 1e9
-            row = dict(
-                preset=preset,
-                kind=kind,
-                q_len=q_len,
-                batch=batch,
-                kv_len=kv_len,
-                backend=backend,
-                us=t.median_ms * 1e3,
-                kv_gbs=gbs,
-                frac_copy_bw=gbs / copy_gbs,
-                runs=t.runs,
-            )
-            for name in baseline_names:
-                row[f"{name}_us"] = timings[name].median_ms * 1e3
-                row[f"vs_{name}"] = timings[name].median_ms / t.median_ms
-            rows.append(row)
-    path = write_results(
+
+
+def _on_backend(t_args, backend):
+    return pipo_kernels.paged_attention(*t_args, backend=backend)
+
+
+def run(args) -> list[dict]:
+    presets = args.presets or list(BENCH_PRESETS)
+    if args.quick:
+        grid = [("decode", 1, b, kv) for b in (1, 8) for kv in (512, 4096)]
+        grid += [("tree", n, b, kv) for n in (16, 64) for b in (1, 4) for kv in (512, 4096)]
+    else:
+        # Sized for the GPU check (FlexAttention compiles once per shape): decode and trees at
+        # a short and a long context, batch 1 (one sequence must fill the GPU) up to 64.
+        kvs = args.kv_lens or [512, 4096, 32768]
+        grid = [("decode", 1, b, kv) for b in (1, 64) for kv in kvs]
+        grid += [("tree", n, b, kv) for n in (4, 16, 64) for b in (1, 8, 64) for kv in kvs[::2]]
+
+    def make_cases(device, _):
+        on_cpu = device.type == "cpu"
+        max_tokens = args.max_tokens or (1 << 17 if on_cpu else 1 << 21)
+        use_flex = args.flex or not on_cpu
+        return cases(args, presets, grid, DTYPES[args.dtype], device, use_flex, max_tokens)
+
+    return run_cases(
         "attention",
-        device,
-        rows,
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype, "page_size": args.page_size},
-        out_dir=args.out,
+        args,
+        make_cases,
+        [
+            ("preset", "preset", ""),
+            ("kind", "kind", ""),
+            ("q_len", "q/seq", "d"),
+            ("batch", "B", "d"),
+            ("kv_len", "KV len", "d"),
+        ],
+        extra={"dtype": args.dtype, "page_size": args.page_size},
+        with_torch=False,
+        budget_s=0.5 if args.quick else 1.0,
+        interleaved=True,
     )
-    columns = [
-        ("preset", "preset", ""),
-        ("kind", "kind", ""),
-        ("q_len", "q/seq", "d"),
-        ("batch", "B", "d"),
-        ("kv_len", "KV len", "d"),
-        ("backend", "backend", ""),
-        ("us", "median µs", ".1f"),
-        ("sdpa_us", "SDPA µs", ".1f"),
-        ("vs_sdpa", "x SDPA", ".2f"),
-    ]
-    if use_flex:
-        columns += [("vs_flex", "x flex", ".2f")]
-    if any("vs_flashinfer" in r for r in rows):
-        columns += [("vs_flashinfer", "x FlashInfer", ".2f")]
-    columns += [("kv_gbs", "KV GB/s", ".1f"), ("frac_copy_bw", "of copy BW", ".0%")]
-    print(format_table(rows, columns))
-    print(f"results: {path}")
-    return rows
 
 
 def main(argv=None) -> None:
@@ -287,9 +217,6 @@ def main(argv=None) -> None:
         help="skip shapes with batch * KV length above this (default 128k on CPU, 2M on GPU)",
     )
     parser.add_argument("--flex", action="store_true", help="also time FlexAttention on CPU")
-    parser.add_argument(
-        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
-    )
     run(parser.parse_args(argv))
 
 

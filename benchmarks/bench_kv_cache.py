@@ -17,15 +17,7 @@ from functools import partial
 import torch
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    bench_parser,
-    copy_bandwidth_gbs,
-    format_table,
-    progress,
-    time_fn,
-    write_results,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PAGE_SIZE = 16
@@ -57,92 +49,42 @@ def baseline_compact(k_cache, v_cache, src, dst):
         rows.index_put_((dst,), rows.index_select(0, src))
 
 
-def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    backends = [
-        b
-        for b in pipo_kernels.available_backends("kv_cache_append", device)
-        if not (b == "triton" and device.type == "cpu" and not args.triton)
-    ]
-    copy_gbs = copy_bandwidth_gbs(device)
-    print(
-        f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | backends {backends}"
-    )
-    presets = args.presets or (["tiny", "llama3-8b"] if args.quick else list(PRESETS))
-    token_counts = args.tokens or ([1, 256, 4096] if args.quick else [1, 16, 256, 4096, 16384])
-    budget = 0.2 if args.quick else 0.5
-    rows = []
-
-    def measure(op, preset, tokens, moved, baseline, kernel):
-        base = time_fn(baseline, device, budget_s=budget)
-        for backend in backends:
-            t = time_fn(partial(kernel, backend=backend), device, budget_s=budget)
-            gbs = moved / (t.median_ms * 1e-3) / 1e9
-            rows.append(
-                dict(
-                    op=op,
-                    preset=preset,
-                    tokens=tokens,
-                    backend=backend,
-                    us=t.median_ms * 1e3,
-                    baseline_us=base.median_ms * 1e3,
-                    gbs=gbs,
-                    vs_baseline=base.median_ms / t.median_ms,
-                    frac_copy_bw=gbs / copy_gbs,
-                    runs=t.runs,
-                )
-            )
-
-    for preset, tokens in progress(list(itertools.product(presets, token_counts)), desc="kv_cache"):
+def cases(presets, token_counts, dtype, device):
+    for preset, tokens in itertools.product(presets, token_counts):
         key, value, k_cache, v_cache, slots = make_append(preset, tokens, dtype, device)
         row_bytes = key[0].numel() * key.element_size()
-        tensors = (key, value, k_cache, v_cache, slots)
-        # K and V rows, each read once and written once.
-        measure(
-            "append",
-            preset,
-            tokens,
-            4 * tokens * row_bytes,
-            partial(baseline_append, *tensors),
-            partial(pipo_kernels.kv_cache_append, *tensors),
-        )
+        append = (key, value, k_cache, v_cache, slots)
+        yield _case("kv_cache_append", baseline_append, append, preset, tokens, row_bytes)
         if tokens >= 2:  # move half of the new rows one slot along their (overlapping) slots
             m = tokens // 2
-            cargs = (k_cache, v_cache, slots[:m].contiguous(), slots[1 : m + 1].contiguous())
-            measure(
-                "compact",
-                preset,
-                m,
-                4 * m * row_bytes,
-                partial(baseline_compact, *cargs),
-                partial(pipo_kernels.kv_cache_compact, *cargs),
-            )
-    path = write_results(
+            moves = (k_cache, v_cache, slots[:m].contiguous(), slots[1 : m + 1].contiguous())
+            yield _case("kv_cache_compact", baseline_compact, moves, preset, m, row_bytes)
+
+
+def _case(op: str, baseline, args: tuple, preset: str, rows: int, row_bytes: int) -> Case:
+    return Case(
+        dict(op=op.removeprefix("kv_cache_"), preset=preset, tokens=rows),
+        partial(_on_backend, getattr(pipo_kernels, op), args),
+        {"baseline": partial(baseline, *args)},
+        op=op,
+        bytes=4 * rows * row_bytes,  # K and V rows, each read once and written once
+    )
+
+
+def _on_backend(fn, args, backend):
+    return fn(*args, backend=backend)
+
+
+def run(args) -> list[dict]:
+    presets = args.presets or (["tiny", "llama3-8b"] if args.quick else list(PRESETS))
+    token_counts = args.tokens or ([1, 256, 4096] if args.quick else [1, 16, 256, 4096, 16384])
+    return run_cases(
         "kv_cache",
-        device,
-        rows,
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
-        out_dir=args.out,
+        args,
+        lambda device, _: cases(presets, token_counts, DTYPES[args.dtype], device),
+        [("op", "op", ""), ("preset", "preset", ""), ("tokens", "tokens", "d")],
+        extra={"dtype": args.dtype},
     )
-    print(
-        format_table(
-            rows,
-            [
-                ("op", "op", ""),
-                ("preset", "preset", ""),
-                ("tokens", "tokens", "d"),
-                ("backend", "backend", ""),
-                ("us", "median µs", ".1f"),
-                ("baseline_us", "baseline µs", ".1f"),
-                ("gbs", "GB/s", ".1f"),
-                ("vs_baseline", "x baseline", ".2f"),
-                ("frac_copy_bw", "of copy BW", ".0%"),
-            ],
-        )
-    )
-    print(f"results: {path}")
-    return rows
 
 
 def main(argv=None) -> None:
@@ -150,9 +92,6 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--presets", nargs="*", choices=list(PRESETS))
     parser.add_argument("--tokens", nargs="*", type=int)
-    parser.add_argument(
-        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
-    )
     run(parser.parse_args(argv))
 
 

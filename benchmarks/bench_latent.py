@@ -24,15 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    bench_parser,
-    copy_bandwidth_gbs,
-    format_table,
-    progress,
-    time_fn,
-    write_results,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases, time_fn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BENCH_PRESETS = ("tiny", "qwen3-4b", "llama3-8b")
@@ -92,100 +84,58 @@ def concatenated(op: str, a: dict) -> torch.Tensor:
     return torch.cat([a["embedding"][a["token_ids"]], a["hidden"]], -1).contiguous()
 
 
-def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype]
-    cpu = device.type == "cpu"
-    ops = args.ops or ["fold_pairs", "unfold_input"]
-    copy_gbs = copy_bandwidth_gbs(device)
-    presets = args.presets or (["tiny", "qwen3-4b"] if args.quick else list(BENCH_PRESETS))
-    sizes = args.tokens or ([1, 8, 64, 256, 2048] if args.quick else [1, 8, 64, 256, 2048, 16384])
-    budget = 0.2 if args.quick else 0.5
+def cases(args, ops, presets, sizes, dtype, device, copy_gbs, budget):
     # Default (automatic) dynamic shapes: one recompile marks N dynamic, so the sweep does not
     # compile once per shape; this is also what a serving loop would get.
     compiled = {op: torch.compile(EAGER[op]) for op in ops}
-    print(
-        f"device {device} | threads {torch.get_num_threads()} | dtype {args.dtype} | "
-        f"copy bandwidth (read+write) {copy_gbs:.1f} GB/s"
-    )
-    rows = []
-    cases = list(itertools.product(ops, presets, sizes))
-    for op, preset, n in progress(cases, desc="latent"):
+    for op, preset, n in itertools.product(ops, presets, sizes):
         h = PRESETS[preset]["hidden"]
         flops = 2 * n * h * 2 * h
-        if cpu and args.quick and flops > args.cpu_max_gflop * 1e9:
+        if device.type == "cpu" and args.quick and flops > args.cpu_max_gflop * 1e9:
             continue  # quick CPU runs skip the GEMMs that take seconds each
         a = make_inputs(op, preset, n, dtype, device)
-        eager = time_fn(partial(EAGER[op], **a), device, budget_s=budget)
-        comp = None
+        baselines = {"eager": partial(EAGER[op], **a)}
         if not args.no_compile:
-            comp = time_fn(partial(compiled[op], **a), device, budget_s=budget)
+            baselines["compile"] = partial(compiled[op], **a)
         weight_bytes = a["weight"].numel() * a["weight"].element_size()
         if n <= DECODE_MAX_ROWS:
-            limit_ms, limit = weight_bytes / (copy_gbs * 1e9) * 1e3, "weight/copyBW"
+            limit = ("weight/copyBW", weight_bytes / (copy_gbs * 1e9) * 1e3)
         else:
             x, w = concatenated(op, a), a["weight"]
-            limit_ms = time_fn(
-                lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget
-            ).median_ms
-            limit = "matmul"
-        backends = [
-            b
-            for b in pipo_kernels.available_backends(op, device)
-            if not (b == "triton" and cpu and not args.triton)
-        ]
-        fn = getattr(pipo_kernels, op)
-        for backend in backends:
-            t = time_fn(partial(fn, **a, backend=backend), device, budget_s=budget)
-            rows.append(
-                dict(
-                    op=op,
-                    preset=preset,
-                    hidden=h,
-                    n=n,
-                    backend=backend,
-                    us=t.median_ms * 1e3,
-                    eager_us=eager.median_ms * 1e3,
-                    compile_us=comp.median_ms * 1e3 if comp else None,
-                    vs_eager=eager.median_ms / t.median_ms,
-                    vs_compile=comp.median_ms / t.median_ms if comp else None,
-                    tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                    limit=limit,
-                    limit_us=limit_ms * 1e3,
-                    frac_limit=limit_ms / t.median_ms,
-                    runs=t.runs,
-                )
-            )
-    path = write_results(
-        "latent",
-        device,
-        rows,
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
-        out_dir=args.out,
-    )
-    print(
-        format_table(
-            rows,
-            [
-                ("op", "op", ""),
-                ("preset", "preset", ""),
-                ("n", "N", "d"),
-                ("backend", "backend", ""),
-                ("us", "median µs", ".1f"),
-                ("eager_us", "eager µs", ".1f"),
-                ("compile_us", "compile µs", ".1f"),
-                ("vs_eager", "x eager", ".2f"),
-                ("vs_compile", "x compile", ".2f"),
-                ("tflops", "TFLOP/s", ".3f"),
-                ("limit", "limit", ""),
-                ("frac_limit", "of limit", ".0%"),
-            ],
+            matmul = time_fn(lambda x=x, w=w: torch.matmul(x, w.t()), device, budget_s=budget)
+            limit = ("matmul", matmul.median_ms)
+        yield Case(
+            dict(op=op, preset=preset, hidden=h, n=n),
+            partial(_on_backend, getattr(pipo_kernels, op), a),
+            baselines,
+            flops=flops,
+            limit=limit,
         )
+
+
+def _on_backend(fn, kwargs, backend):
+    return fn(**kwargs, backend=backend)
+
+
+def run(args) -> list[dict]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ops = args.ops or ["fold_pairs", "unfold_input"]
+    presets = args.presets or (["tiny", "qwen3-4b"] if args.quick else list(BENCH_PRESETS))
+    sizes = args.tokens or ([1, 8, 64, 256, 2048] if args.quick else [1, 8, 64, 256, 2048, 16384])
+    budget = 0.2 if args.quick else 0.5
+
+    def make_cases(device, copy_gbs):
+        return cases(args, ops, presets, sizes, DTYPES[args.dtype], device, copy_gbs, budget)
+
+    return run_cases(
+        "latent",
+        args,
+        make_cases,
+        [("op", "op", ""), ("preset", "preset", ""), ("n", "N", "d")],
+        extra={"dtype": args.dtype, "threads": torch.get_num_threads()},
+        budget_s=budget,
     )
-    print(f"results: {path}")
-    return rows
 
 
 def main(argv=None) -> None:
@@ -202,9 +152,6 @@ def main(argv=None) -> None:
         help="with --quick on a CPU, skip shapes above this many GFLOP per call",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    parser.add_argument(
-        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
-    )
     run(parser.parse_args(argv))
 
 

@@ -6,8 +6,10 @@ Baselines, timed in the same run on the same tensors:
   compiled  the same function under torch.compile;
   flashinfer  linear + flashinfer.sampling.top_k_top_p_sampling_from_logits (when importable,
             GPU only).
-"roofline" is the time to read the LM-head weight once at the copy bandwidth measured in this
-run, divided by the kernel's time (1.0 = the kernel runs at the copy bandwidth).
+Shapes: the (vocabulary, hidden size) of the model presets, batch 1 / 8 / 64, four sampling
+modes. Reported per row: median time on every backend, the ratio to each baseline (>1 = faster),
+the LM-head bytes per second and their fraction of the copy bandwidth measured in this run
+(1.0 = the kernel reads the weight at the copy bandwidth).
 
     python -m benchmarks.bench_sampling --quick          # CPU: ~2 minutes
     python -m benchmarks.bench_sampling --device cuda    # the full grid on a GPU
@@ -16,11 +18,12 @@ run, divided by the kernel's time (1.0 = the kernel runs at the copy bandwidth).
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import torch
 
 import pipo_kernels
-from benchmarks.common import bench_parser, copy_bandwidth_gbs, device_name, time_fn, write_results
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 
 MODES = {
     # name: (temperature, top_k, top_p, presence_penalty)
@@ -29,13 +32,8 @@ MODES = {
     "top_k": (1.0, 20, 1.0, 1.5),
     "pipo": (1.0, 20, 0.95, 1.5),  # PIPO's evaluation setting
 }
-VOCABS = (259, 151936, 248320)
-HIDDENS = (256, 2560, 4096)
 BATCHES = (1, 8, 64)
-
-
-def time_ms(fn, device: torch.device) -> float:
-    return time_fn(fn, device, warmup=1, min_runs=5, max_runs=100, budget_s=1.0).median_ms
+QUICK = [("tiny", 1), ("tiny", 64), ("qwen3-4b", 1), ("qwen3-4b", 8)]  # (preset, batch)
 
 
 def eager_chain(hidden, lm_head, temperature, k: int, top_p, penalty, seen_mask, greedy: bool):
@@ -81,94 +79,82 @@ def make_inputs(b, h, v, dtype, device, mode):
     ), bits.float()
 
 
-def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    bw = copy_bandwidth_gbs(device) * 1e9
-    name = device_name(device)
-    print(f"device: {name}; copy bandwidth {bw / 1e9:.1f} GB/s; dtype {args.dtype}")
-    try:
-        import flashinfer.sampling as fi
-    except ImportError:
-        fi = None
-    if args.quick:
-        shapes = [(259, 256, 1), (259, 256, 64), (151936, 2560, 1), (151936, 2560, 8)]
-        modes = ["greedy", "pipo"]
-        compile_shapes = {(259, 256, 1), (259, 256, 64)}
-    else:
-        shapes = list(itertools.product(VOCABS, HIDDENS, BATCHES))
-        modes = list(MODES)
-        compile_shapes = set(shapes)
-    rows = []
-    header = (
-        f"{'V':>7} {'H':>5} {'B':>3} {'mode':>11} {'ours ms':>9} {'eager ms':>9} {'compiled':>9} "
-        f"{'flashinf':>9} {'x eager':>8} {'x compiled':>10} {'roofline':>8}"
-    )
-    print(header)
-    print("-" * len(header))
+def cases(shapes, modes, compile_presets, dtype, device, flashinfer):
     compiled = torch.compile(eager_chain, dynamic=False)
-    for (v, h, b), mode in itertools.product(shapes, modes):
+    for (preset, b), mode in itertools.product(shapes, modes):
+        v, h = PRESETS[preset]["vocab"], PRESETS[preset]["hidden"]
         inp, seen_mask = make_inputs(b, h, v, dtype, device, mode)
+        t, k, p, pen = MODES[mode]
         greedy = mode == "greedy"
         chain_args = (
             inp["hidden"],
             inp["lm_head"],
             inp["temperature"],
-            MODES[mode][1],
+            k,
             inp["top_p"],
             inp["presence_penalty"],
             seen_mask,
             greedy,
         )
-        ours = time_ms(lambda: pipo_kernels.sample_tokens(**inp), device)  # noqa: B023
-        eager = time_ms(lambda: eager_chain(*chain_args), device)  # noqa: B023
-        comp = None
-        if (v, h, b) in compile_shapes and not args.no_compile:
-            comp = time_ms(lambda: compiled(*chain_args), device)  # noqa: B023
-        flash = None
-        if fi is not None and device.type == "cuda" and not greedy:
-            t, k, p, pen = MODES[mode]
-
-            def flashinfer_chain():
-                logits = torch.nn.functional.linear(inp["hidden"], inp["lm_head"]).float()  # noqa: B023
-                logits = (logits - pen * seen_mask) / t  # noqa: B023
-                return fi.top_k_top_p_sampling_from_logits(logits, k or v, p)  # noqa: B023
-
-            flash = time_ms(flashinfer_chain, device)
-        weight_ms = inp["lm_head"].numel() * inp["lm_head"].element_size() / bw * 1e3
-        row = dict(
-            device=name,
-            dtype=args.dtype,
-            V=v,
-            H=h,
-            B=b,
-            mode=mode,
-            ours_ms=ours,
-            eager_ms=eager,
-            compiled_ms=comp,
-            flashinfer_ms=flash,
-            speedup_eager=eager / ours,
-            speedup_compiled=comp / ours if comp else None,
-            roofline=weight_ms / ours,
+        baselines = {"eager": partial(eager_chain, *chain_args)}
+        if preset in compile_presets:
+            baselines["compiled"] = partial(compiled, *chain_args)
+        if flashinfer is not None and device.type == "cuda" and not greedy:
+            baselines["flashinfer"] = partial(
+                flashinfer_chain, flashinfer, inp, seen_mask, t, k or v, p, pen
+            )
+        yield Case(
+            dict(preset=preset, V=v, H=h, B=b, mode=mode),
+            partial(_sample, inp),
+            baselines,
+            op="sample_tokens",
+            bytes=inp["lm_head"].numel() * inp["lm_head"].element_size(),  # the weight, once
         )
-        rows.append(row)
-        fmt = lambda x, w=9, d=3: f"{x:{w}.{d}f}" if x is not None else "-".rjust(w)  # noqa: E731
-        print(
-            f"{v:>7} {h:>5} {b:>3} {mode:>11} {fmt(ours)} {fmt(eager)} {fmt(comp)} {fmt(flash)} "
-            f"{fmt(eager / ours, 8, 2)} {fmt(comp / ours if comp else None, 10, 2)} "
-            f"{fmt(weight_ms / ours, 8, 2)}",
-            flush=True,
-        )
-    path = write_results(
-        "sampling", device, rows, {"copy_bandwidth_gbs": bw / 1e9}, out_dir=args.out
+
+
+def _sample(inp, backend):
+    return pipo_kernels.sample_tokens(**inp, backend=backend)
+
+
+def flashinfer_chain(fi, inp, seen_mask, t, k, p, pen):
+    logits = torch.nn.functional.linear(inp["hidden"], inp["lm_head"]).float()
+    logits = (logits - pen * seen_mask) / t
+    return fi.top_k_top_p_sampling_from_logits(logits, k, p)
+
+
+def run(args) -> list[dict]:
+    try:
+        import flashinfer.sampling as fi
+    except ImportError:
+        fi = None
+    presets = args.presets or list(PRESETS)
+    if args.quick:
+        shapes = [s for s in QUICK if s[0] in presets]
+        modes = ["greedy", "pipo"]
+        compile_presets = {"tiny"}
+    else:
+        shapes = list(itertools.product(presets, BATCHES))
+        modes = list(MODES)
+        compile_presets = set(presets)
+    if args.no_compile:
+        compile_presets = set()
+    dtype = getattr(torch, args.dtype)
+    return run_cases(
+        "sampling",
+        args,
+        lambda device, _: cases(shapes, modes, compile_presets, dtype, device, fi),
+        [("preset", "preset", ""), ("B", "B", "d"), ("mode", "mode", "")],
+        extra={"dtype": args.dtype},
+        with_torch=False,
+        budget_s=1.0,
+        timing=dict(warmup=1, min_runs=5, max_runs=100),
     )
-    print(f"results: {path}")
-    return rows
 
 
 def main(argv=None) -> None:
     ap = bench_parser(__doc__, quick_help="a few shapes (~2 minutes on a CPU)")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--presets", nargs="*", choices=list(PRESETS))
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     run(ap.parse_args(argv))
 

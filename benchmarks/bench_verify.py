@@ -19,15 +19,7 @@ from functools import partial
 import torch
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    bench_parser,
-    copy_bandwidth_gbs,
-    format_table,
-    progress,
-    time_fn,
-    write_results,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 from pipo_kernels import reference
 
 
@@ -72,81 +64,48 @@ def make_inputs(batch: int, nodes: int, max_depth: int, vocab: int, device, stoc
     return args
 
 
-def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    copy_gbs = copy_bandwidth_gbs(device)
-    print(f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s")
-    budget = 0.2 if args.quick else 0.5
-    nodes, max_depth = args.nodes, args.max_depth
-    rows = []
-    batches = args.batch or ([1, 64] if args.quick else [1, 8, 64, 256])
-    presets = args.presets or ["tiny", "qwen3-4b"]
+def cases(presets, batches, nodes, max_depth, device):
     # greedy trees only compare token ids: a 32k id range stands for any vocabulary
-    cases = [("verify_tree", "-", 32_000, b) for b in batches]
+    grid = [("verify_tree", "-", 32_000, b) for b in batches]
     for preset in presets:
         vocab = PRESETS[preset]["vocab"]
         # [B * nodes, V] float32 twice (and twice more while building): cap real vocabularies
         limit = max(batches) if vocab <= 10_000 else (8 if device.type == "cpu" else 64)
-        cases += [("verify_tree_stochastic", preset, vocab, b) for b in batches if b <= limit]
-    for op, preset, vocab, batch in progress(cases, desc="verify"):
+        grid += [("verify_tree_stochastic", preset, vocab, b) for b in batches if b <= limit]
+    for op, preset, vocab, batch in grid:
         stochastic = op == "verify_tree_stochastic"
         inputs = make_inputs(batch, nodes, max_depth, vocab, device, stochastic)
-        fn = getattr(pipo_kernels, op)
-        backends = [
-            b
-            for b in pipo_kernels.available_backends(op, device)
-            if b != "torch" and not (b == "triton" and device.type == "cpu" and not args.triton)
-        ]
         ref_fn = partial(getattr(reference, op), *inputs)
-        base = time_fn(ref_fn, device, budget_s=budget, min_runs=3, warmup=1)
         accept_len = ref_fn()[0]
         min_bytes = None
         if stochastic:  # t and q rows of the path nodes (mass pass) and of the bonus pass
             min_bytes = int((accept_len.long() + 2).sum()) * 2 * vocab * 4
-        for backend in backends:
-            t = time_fn(partial(fn, *inputs, backend=backend), device, budget_s=budget)
-            row = dict(
-                op=op,
-                preset=preset,
-                batch=batch,
-                nodes=nodes,
-                backend=backend,
-                us=t.median_ms * 1e3,
-                reference_us=base.median_ms * 1e3,
-                vs_reference=base.median_ms / t.median_ms,
-                mean_accept=float(accept_len.float().mean()),
-                runs=t.runs,
-            )
-            if min_bytes is not None:
-                row["gbs"] = min_bytes / (t.median_ms * 1e-3) / 1e9
-                row["frac_copy_bw"] = row["gbs"] / copy_gbs
-            rows.append(row)
-    path = write_results(
-        "verify",
-        device,
-        rows,
-        {"copy_bandwidth_gbs": copy_gbs, "nodes": nodes, "max_depth": max_depth},
-        out_dir=args.out,
-    )
-    print(
-        format_table(
-            rows,
-            [
-                ("op", "op", ""),
-                ("preset", "vocab preset", ""),
-                ("batch", "B", "d"),
-                ("backend", "backend", ""),
-                ("us", "median µs", ".1f"),
-                ("reference_us", "reference µs", ".1f"),
-                ("vs_reference", "x reference", ".1f"),
-                ("mean_accept", "mean accept_len", ".2f"),
-                ("gbs", "GB/s (min traffic)", ".1f"),
-                ("frac_copy_bw", "of copy BW", ".1%"),
-            ],
+        yield Case(
+            dict(op=op, preset=preset, batch=batch, nodes=nodes),
+            partial(_on_backend, getattr(pipo_kernels, op), inputs),
+            {"reference": ref_fn},
+            bytes=min_bytes,
+            extra=dict(mean_accept=float(accept_len.float().mean())),
         )
+
+
+def _on_backend(fn, args, backend):
+    return fn(*args, backend=backend)
+
+
+def run(args) -> list[dict]:
+    batches = args.batch or ([1, 64] if args.quick else [1, 8, 64, 256])
+    presets = args.presets or ["tiny", "qwen3-4b"]
+    return run_cases(
+        "verify",
+        args,
+        lambda device, _: cases(presets, batches, args.nodes, args.max_depth, device),
+        [("op", "op", ""), ("preset", "vocab preset", ""), ("batch", "B", "d")],
+        extra={"nodes": args.nodes, "max_depth": args.max_depth},
+        with_torch=False,
+        baseline_timing=dict(min_runs=3, warmup=1),
+        more_columns=[("mean_accept", "mean accept_len", ".2f")],
     )
-    print(f"results: {path}")
-    return rows
 
 
 def main(argv=None) -> None:
@@ -155,9 +114,6 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", nargs="*", type=int)
     parser.add_argument("--nodes", type=int, default=64, help="nodes per draft tree")
     parser.add_argument("--max-depth", type=int, default=6)
-    parser.add_argument(
-        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
-    )
     run(parser.parse_args(argv))
 
 

@@ -1,10 +1,15 @@
-"""Shared benchmark machinery: timing (median of many runs), measured hardware ceilings, device
-names, JSON results (default benchmarks/results/local/<device>/, ignored by git: the committed
-folders under benchmarks/results/ change only through an explicit --out), provenance of every
-result (`git describe` and a hash of the working tree) and table printing.
+"""The benchmark harness: model-shaped presets, the backend filter, timing (median of many runs),
+measured hardware ceilings, the sweep that turns cases into rows, table printing, JSON results
+(default benchmarks/results/local/<device>/, ignored by git: the committed folders under
+benchmarks/results/ change only through an explicit --out) and the provenance of every result
+(`git describe` and a hash of the working tree).
 
-Every benchmark reports ratios to a baseline measured in the same run and fractions of a ceiling
-measured in the same run (never a datasheet number)."""
+A bench_<op>.py declares what it measures and nothing else: its presets and sizes, the inputs,
+the baselines (the eager PyTorch code the op replaces), and the bytes / flops model of one call,
+as a list of `Case`s; `sweep` times every case on every backend `backends_for` admits, and
+`report` prints the table and writes the JSON. Every benchmark reports ratios to baselines
+measured in the same run and fractions of a ceiling measured in the same run (never a datasheet
+number)."""
 
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,6 +144,43 @@ def _time_cuda(fn, min_runs: int, max_runs: int, budget_s: float, cuda_graph: bo
         events[1].synchronize()
         times.append(events[0].elapsed_time(events[1]) / calls)
     return _timing(times, "cuda_graph" if graph is not None else "cuda_stream")
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    budget_s: float,
+    min_runs: int = 5,
+    max_runs: int = 200,
+) -> dict[str, Timing]:
+    """Median time of each function, timing them in turn (one run each per round) so that every
+    one sees the same machine load: the ratios stay meaningful on a shared, busy CPU."""
+    for fn in fns.values():
+        fn()
+        fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start < budget_s):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t0.record()
+                fn()
+                t1.record()
+                t1.synchronize()
+                times[name].append(t0.elapsed_time(t1))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=5) if len(ts) >= 5 else [min(ts)] * 4
+        out[name] = Timing(statistics.median(ts), q[0], q[3], len(ts))
+    return out
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int | None = None) -> float:
@@ -326,7 +369,186 @@ def bench_parser(
     parser.add_argument(
         "--out", type=Path, help="results folder (default benchmarks/results/local/<device>/)"
     )
+    parser.add_argument(
+        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
+    )
     return parser
+
+
+def backends_for(
+    op: str, device: torch.device, *, triton_on_cpu: bool = False, with_torch: bool = True
+) -> list[str]:
+    """The backends a benchmark times for `op` on `device`: every one that can run it
+    (pipo_kernels.available_backends), less Triton on a CPU unless asked for (the interpreter is
+    slow: `--triton`) and less the pure-PyTorch reference when `with_torch` is False (benchmarks
+    whose baseline already is the reference)."""
+    import pipo_kernels  # here, so that the results tools can import this module without it
+
+    return [
+        b
+        for b in pipo_kernels.available_backends(op, device)
+        if (with_torch or b != "torch")
+        and not (b == "triton" and device.type == "cpu" and not triton_on_cpu)
+    ]
+
+
+@dataclass
+class Case:
+    """One point of a sweep: the op on every backend against its baselines, on the same inputs.
+
+    `params` are the configuration columns of the case's rows (op, preset, sizes...); `call`
+    runs the op once on a backend; `baselines` run the code the op replaces once each, by name
+    (a row gets <name>_us and vs_<name> = baseline time / op time, > 1 = faster). The work model
+    of one call gives the achieved rates: `bytes` read + written (gbs, and frac_copy_bw against
+    the copy bandwidth measured in the same run), `flops` (tflops), or `limit` = (name, ms) of a
+    measured lower bound (limit, limit_us, frac_limit). `extra` columns are copied into every
+    row."""
+
+    params: dict
+    call: Callable[[str], object]
+    baselines: dict[str, Callable[[], object]]
+    op: str | None = None  # whose backends are timed; default params["op"]
+    bytes: float | None = None
+    flops: float | None = None
+    limit: tuple[str, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def sweep(
+    cases: Iterable[Case],
+    device: torch.device,
+    backends: Callable[[str], list[str]],
+    *,
+    copy_gbs: float,
+    budget_s: float,
+    desc: str,
+    timing: dict | None = None,
+    baseline_timing: dict | None = None,
+    interleaved: bool = False,
+) -> list[dict]:
+    """Times every case (built one at a time when `cases` is a generator): its baselines, then the op on each of `backends(op)`; one row per
+    (case, backend) with the median time (us), the ratios and the rates of `Case`. `timing` and
+    `baseline_timing` are extra keyword arguments of time_fn for the op and the baselines;
+    `interleaved` times a case's baselines and backends in turn instead (time_interleaved, whose
+    arguments `timing` then holds)."""
+    rows = []
+    for case in progress(cases, desc=desc):  # lazily: one case's tensors alive at a time
+        names = backends(case.op or case.params["op"])
+        if interleaved:
+            fns = {f"base:{k}": fn for k, fn in case.baselines.items()}
+            fns.update({f"op:{b}": partial(case.call, b) for b in names})
+            times = time_interleaved(fns, device, budget_s, **(timing or {}))
+            base = {k: times[f"base:{k}"] for k in case.baselines}
+            ops = {b: times[f"op:{b}"] for b in names}
+        else:
+            base = {
+                name: time_fn(fn, device, budget_s=budget_s, **(baseline_timing or timing or {}))
+                for name, fn in case.baselines.items()
+            }
+            ops = {
+                b: time_fn(partial(case.call, b), device, budget_s=budget_s, **(timing or {}))
+                for b in names
+            }
+        for backend, t in ops.items():
+            ms = t.median_ms
+            row = {**case.params, "backend": backend, "us": ms * 1e3}
+            for name, b in base.items():
+                row[f"{name}_us"] = b.median_ms * 1e3
+                row[f"vs_{name}"] = b.median_ms / ms
+            if case.bytes is not None:
+                row["gbs"] = case.bytes / (ms * 1e-3) / 1e9
+                row["frac_copy_bw"] = row["gbs"] / copy_gbs
+            if case.flops is not None:
+                row["tflops"] = case.flops / (ms * 1e-3) / 1e12
+            if case.limit is not None:
+                row["limit"], limit_ms = case.limit
+                row["limit_us"] = limit_ms * 1e3
+                row["frac_limit"] = limit_ms / ms
+            rows.append({**row, **case.extra, "runs": t.runs})
+    return rows
+
+
+def result_columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
+    """The table columns of what `sweep` measured, for the keys present in `rows`: backend,
+    median time, the first baseline's time, every ratio (x <baseline>), then the rates."""
+    present = list(dict.fromkeys(k for r in rows for k, v in r.items() if v is not None))
+    baselines = [k[3:] for k in present if k.startswith("vs_")]
+    cols = [("backend", "backend", ""), ("us", "median µs", ".1f")]
+    if baselines:
+        cols.append((f"{baselines[0]}_us", f"{baselines[0]} µs", ".1f"))
+    cols += [(f"vs_{b}", f"x {b}", ".2f") for b in baselines]
+    rates = [
+        ("gbs", "GB/s", ".1f"),
+        ("tflops", "TFLOP/s", ".3f"),
+        ("limit", "limit", ""),
+        ("frac_limit", "of limit", ".0%"),
+        ("frac_copy_bw", "of copy BW", ".0%"),
+    ]
+    return cols + [c for c in rates if c[0] in present]
+
+
+def report(
+    name: str,
+    device: torch.device,
+    rows: list[dict],
+    columns: Sequence[tuple[str, str, str]],
+    extra: dict | None = None,
+    out_dir: Path | None = None,
+    more_columns: Sequence[tuple[str, str, str]] = (),
+) -> Path:
+    """Writes the results JSON (write_results) and prints the table: the configuration `columns`
+    (key, header, format spec), result_columns(rows), then `more_columns`."""
+    path = write_results(name, device, rows, extra, out_dir=out_dir)
+    print(format_table(rows, [*columns, *result_columns(rows), *more_columns]))
+    print(f"results: {path}")
+    return path
+
+
+def run_cases(
+    name: str,
+    args: argparse.Namespace,
+    make_cases: Callable[[torch.device, float], Iterable[Case]],
+    columns: Sequence[tuple[str, str, str]],
+    *,
+    extra: dict | None = None,
+    with_torch: bool = True,
+    budget_s: float | None = None,
+    more_columns: Sequence[tuple[str, str, str]] = (),
+    **sweep_kwargs,
+) -> list[dict]:
+    """A whole benchmark run from bench_parser's `args`: measures the copy bandwidth, builds the
+    cases with make_cases(device, copy_gbs), sweeps them over the backends (backends_for with
+    `--triton` and `with_torch`), prints the table of the configuration `columns`, the results
+    and `more_columns`, and writes <out_dir or results/local/<device>>/<name>.json with `extra` in its header. Returns the
+    rows. The budget per timing defaults to 0.2 s with --quick, 0.5 s otherwise."""
+    device = torch.device(args.device)
+    copy_gbs = copy_bandwidth_gbs(device)
+    backends = partial(
+        backends_for, device=device, triton_on_cpu=args.triton, with_torch=with_torch
+    )
+    settings = "".join(f" | {k} {v}" for k, v in (extra or {}).items())
+    print(
+        f"{name} | device {device_name(device)} | copy BW (read+write) {copy_gbs:.1f} GB/s{settings}"
+    )
+    rows = sweep(
+        make_cases(device, copy_gbs),
+        device,
+        backends,
+        copy_gbs=copy_gbs,
+        budget_s=budget_s if budget_s is not None else (0.2 if args.quick else 0.5),
+        desc=name,
+        **sweep_kwargs,
+    )
+    report(
+        name,
+        device,
+        rows,
+        columns,
+        {"copy_bandwidth_gbs": copy_gbs, **(extra or {})},
+        args.out,
+        more_columns,
+    )
+    return rows
 
 
 if __name__ == "__main__":

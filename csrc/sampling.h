@@ -1,11 +1,10 @@
-// Shape and value checks of the pair-out decoding ops (sample_tokens, pair_out), shared by the
-// CPU and CUDA implementations.
+// Shape and value checks of sample_tokens, shared by the CPU and CUDA implementations.
 #pragma once
 
 #include <optional>
 
 #include "checks.h"
-#include "pipo/gumbel.h"
+#include "pipo/sampling_limits.h"
 
 namespace pipo {
 
@@ -71,38 +70,6 @@ inline void check_sample_values(const at::Tensor& temperature, const at::Tensor&
   TORCH_CHECK((p > 0).logical_and(p <= 1).all().item<bool>(),
               "top_p: expected values in (0, 1] (1 = no limit), got min ", p.min().item<float>(),
               " and max ", p.max().item<float>());
-}
-
-inline void check_pair_out_args(const at::Tensor& hidden, const at::Tensor& mtp_hidden,
-                                const at::Tensor& token1, const at::Tensor& token2,
-                                const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
-                                const at::Tensor& fc2_weight) {
-  check_dim(hidden, 2, "hidden");
-  check_float(hidden, "hidden");
-  check_contiguous(hidden, "hidden");
-  const int64_t batch = hidden.size(0), h = hidden.size(1);
-  TORCH_CHECK(mtp_hidden.sizes() == hidden.sizes(), "mtp_hidden: expected the shape of hidden ",
-              shape_str(hidden), ", got ", shape_str(mtp_hidden));
-  for (const auto& [t, name] :
-       {std::pair{&mtp_hidden, "mtp_hidden"}, std::pair{&norm_weight, "norm_weight"},
-        std::pair{&fc1_weight, "fc1_weight"}, std::pair{&fc2_weight, "fc2_weight"}}) {
-    check_same_dtype(*t, hidden, name, "hidden");
-    check_same_device(*t, hidden, name, "hidden");
-    check_contiguous(*t, name);
-  }
-  check_dim(norm_weight, 1, "norm_weight");
-  check_size(norm_weight, 0, 2 * h, "norm_weight", "2 * hidden size");
-  check_dim(fc1_weight, 2, "fc1_weight");
-  check_size(fc1_weight, 0, h, "fc1_weight", "hidden size");
-  check_size(fc1_weight, 1, 2 * h, "fc1_weight", "2 * hidden size");
-  check_dim(fc2_weight, 2, "fc2_weight");
-  check_size(fc2_weight, 0, 1, "fc2_weight", "one output");
-  check_size(fc2_weight, 1, h, "fc2_weight", "hidden size");
-  for (const auto& [t, name] : {std::pair{&token1, "token1"}, std::pair{&token2, "token2"}}) {
-    check_index(*t, 1, at::kLong, name);
-    check_same_device(*t, hidden, name, "hidden");
-    check_size(*t, 0, batch, name, "batch size of hidden");
-  }
 }
 
 }  // namespace pipo

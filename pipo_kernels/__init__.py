@@ -2,7 +2,9 @@
 
 Importing this package registers every op under ``torch.ops.pipo`` (C++ CPU and CUDA kernels from
 ``pipo_kernels._C``; Triton kernels as ``torch.ops.pipo.<op>_triton``) and exposes the Python
-wrappers ``pipo_kernels.<op>(..., backend=None)``. docs/ops.md lists the ops with their shapes.
+wrappers ``pipo_kernels.<op>(..., backend=None)``. docs/ops.md lists the ops with their shapes;
+pipo_kernels._registry is the one list of them (tests/test_registry.py checks every other place,
+this file's imports included, against it).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from ._backend import (  # noqa: E402
 from .attention import paged_attention  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
 from .latent import fold_pairs, unfold_input  # noqa: E402
-from .sampling import pair_out, sample_tokens  # noqa: E402
+from .pair_out import pair_out  # noqa: E402
+from .sampling import sample_tokens  # noqa: E402
 from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
 
 if triton_importable():
     from . import triton  # noqa: F401  (registers torch.ops.pipo.*_triton)
 
+# The ops' names are pipo_kernels._registry.NAMES (tests/test_registry.py checks this list).
 __all__ = [
     "HAS_C",
     "__version__",

@@ -180,8 +180,8 @@ def verify_tree(
         q_indptr: [B+1] int32 prefix sums of the tree sizes (q_indptr[0] = 0, q_indptr[B] = Nq).
             An empty tree gives accept_len 0, accept_index all -1 and bonus_token -1.
         target_tokens: [Nq] int64, the target model's token after each node (argmax or sample).
-        max_depth: the deepest node depth the caller built (root = depth 0). A refinement of
-            OPS.md: it fixes the width of accept_index without a device-to-host sync.
+        max_depth: the deepest node depth the caller built (root = depth 0); it fixes the width
+            of accept_index without a device-to-host sync (docs/ops.md §4b).
         backend: "cuda" | "triton" | "cpu" | "torch", or None for the fastest available one.
 
     Returns:

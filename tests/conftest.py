@@ -64,3 +64,33 @@ def opcheck_utils(device: str, is_triton: bool):
 def skip_compile_if_interpreted(device: str, backend: str) -> None:
     if device == "cpu" and backend == "triton":
         pytest.skip("torch.compile of a Triton op needs a GPU (the interpreter cannot trace)")
+
+
+def capture_graph(fn):
+    """Runs `fn` once on a side stream (the warm-up: Triton compilation, first allocations of each
+    size), then captures one call of it in a CUDA graph. Returns (graph, the outputs the graph
+    writes on every replay)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def pipo_op(name: str):
+    """torch.ops.pipo.<name>, or skip the test when it is not registered."""
+    if not hasattr(torch.ops.pipo, name):
+        pytest.skip(f"{name} not registered")
+    return getattr(torch.ops.pipo, name)
+
+
+def assert_compiles_fullgraph(step, *args) -> None:
+    """torch.compile(step, fullgraph=True) gives step's eager results (aot_eager: the graph is
+    traced through the fake kernels, then run eagerly)."""
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(*args), step(*args), strict=True):
+        torch.testing.assert_close(got, want)

@@ -263,3 +263,52 @@ def test_e2e_benchmark_measures_every_mode(tmp_path):
     assert rows["pipo"]["kv_bytes_per_token"] < 0.8 * rows["ar"]["kv_bytes_per_token"]
     assert data["copy_bandwidth_gbs"] > 0 and data["matmul_tflops"] > 0
     assert "synthetic" in data["weights"]
+
+
+def test_sweep_rows_and_columns():
+    """The harness: one row per (case, backend) with the ratios and rates of its work model, and
+    the table columns of what was measured."""
+    import torch
+
+    from benchmarks.common import Case, result_columns, sweep
+
+    x = torch.randn(64, 64)
+    case = Case(
+        dict(op="mm", n=64),
+        lambda backend: x @ x,
+        {"eager": lambda: x @ x, "twice": lambda: (x @ x, x @ x)},
+        bytes=3 * x.numel() * 4,
+        flops=2 * 64**3,
+        limit=("copy", 1e-3),
+    )
+    timing = dict(warmup=1, min_runs=3, max_runs=5)
+    rows = sweep(
+        [case],
+        torch.device("cpu"),
+        lambda op: ["a", "b"],
+        copy_gbs=10.0,
+        budget_s=0.01,
+        desc="t",
+        timing=timing,
+    )
+    assert [r["backend"] for r in rows] == ["a", "b"]
+    for r in rows:
+        assert r["op"] == "mm" and r["n"] == 64 and r["runs"] >= 3
+        assert r["vs_eager"] == pytest.approx(r["eager_us"] / r["us"])
+        assert r["gbs"] == pytest.approx(3 * 64 * 64 * 4 / (r["us"] * 1e-6) / 1e9)
+        assert r["frac_copy_bw"] == pytest.approx(r["gbs"] / 10.0)
+        assert r["tflops"] == pytest.approx(2 * 64**3 / (r["us"] * 1e-6) / 1e12)
+        assert r["frac_limit"] == pytest.approx(1.0 / r["us"]) and r["limit"] == "copy"
+    keys = [k for k, _, _ in result_columns(rows)]
+    assert keys == [
+        "backend",
+        "us",
+        "eager_us",
+        "vs_eager",
+        "vs_twice",
+        "gbs",
+        "tflops",
+        "limit",
+        "frac_limit",
+        "frac_copy_bw",
+    ]

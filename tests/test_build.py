@@ -9,18 +9,8 @@ import torch
 
 import pipo_kernels
 from pipo_kernels import _backend
-
-OPS = [
-    "kv_cache_append",
-    "kv_cache_compact",
-    "fold_pairs",
-    "unfold_input",
-    "sample_tokens",
-    "pair_out",
-    "paged_attention",
-    "verify_tree",
-    "verify_tree_stochastic",
-]
+from pipo_kernels._registry import NAMES as OPS
+from pipo_kernels._registry import TRITON_NAMES
 
 
 def test_extension_loaded_with_cpu_kernels():
@@ -46,7 +36,7 @@ def test_cuda_kernels_built_when_toolkit_present():
 def test_triton_ops_registered():
     if not _backend.triton_importable():
         pytest.skip("triton is not installed")
-    for op in OPS:
+    for op in TRITON_NAMES:
         assert _backend.has_triton_op(op), op
 
 

@@ -1,4 +1,4 @@
-"""sample_tokens and pair_out (docs/ops.md §3) on every backend available here, against the
+"""sample_tokens (docs/ops.md §3) on every backend available here, against the
 pure-PyTorch references (float64 where it matters) and against exact sampling distributions."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run interpreted on CPU
 
 import pytest
+from conftest import assert_compiles_fullgraph, capture_graph, pipo_op
 
 import pipo_kernels
 from pipo_kernels import reference
@@ -303,89 +304,6 @@ def test_gumbel_noise_is_the_documented_recipe():
 
 
 # ------------------------------------------------------------------------------------------------
-# pair_out
-# ------------------------------------------------------------------------------------------------
-
-PAIR_CASES = {
-    # name: (B, H, dtype, threshold)
-    "f32": (7, 48, torch.float32, 0.5),
-    "bf16": (5, 64, torch.bfloat16, 0.5),
-    "f16_odd": (3, 37, torch.float16, 0.3),
-    "always": (4, 32, torch.float32, -1.0),
-    "never": (4, 32, torch.float32, 1.0),
-    "zero": (4, 32, torch.float32, 0.0),
-    "empty": (0, 32, torch.float32, 0.5),
-}
-
-
-def make_pair_inputs(name: str, device=CPU, seed: int = 0) -> dict:
-    b, h, dtype, thr = PAIR_CASES[name]
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, sc=1.0: (torch.randn(*s, generator=g) * sc).to(dtype).to(device)  # noqa: E731
-    return dict(
-        hidden=r(b, h),
-        mtp_hidden=r(b, h),
-        token1=torch.randint(0, 1000, (b,), generator=g).to(device),
-        token2=torch.randint(0, 1000, (b,), generator=g).to(device),
-        norm_weight=(1 + 0.1 * torch.randn(2 * h, generator=g)).to(dtype).to(device),
-        fc1_weight=r(h, 2 * h, sc=(2 * h) ** -0.5),
-        fc2_weight=r(1, h, sc=3 * h**-0.5),
-        threshold=thr,
-        pad_id=-7,
-        eps=1e-6,
-    )
-
-
-def _pair_ref64(inp: dict):
-    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
-    for k in ("hidden", "mtp_hidden", "norm_weight", "fc1_weight", "fc2_weight"):
-        cpu[k] = cpu[k].double()
-    return reference.pair_out(**cpu)
-
-
-@pytest.mark.parametrize("case", list(PAIR_CASES))
-@pytest.mark.parametrize(("backend", "device"), _backends("pair_out"))
-def test_pair_out_matches_reference(case, backend, device):
-    inp = make_pair_inputs(case, device)
-    pairs, conf = pipo_kernels.pair_out(**inp, backend=backend)
-    _, r_conf = _pair_ref64(inp)
-    b = PAIR_CASES[case][0]
-    assert pairs.shape == (b, 2) and pairs.dtype == torch.int64
-    assert conf.shape == (b,) and conf.dtype == torch.float32
-    atol = 1e-5 if inp["hidden"].dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(conf.cpu(), r_conf, atol=atol, rtol=0)
-    thr = inp["threshold"]
-    commit = (
-        torch.full_like(conf, thr < 0, dtype=torch.bool) if thr < 0 or thr >= 1 else conf >= thr
-    )
-    expect = torch.where(
-        commit.cpu(), inp["token2"].cpu(), torch.full_like(inp["token2"].cpu(), -7)
-    )
-    torch.testing.assert_close(pairs[:, 0].cpu(), inp["token1"].cpu())
-    torch.testing.assert_close(pairs[:, 1].cpu(), expect)
-
-
-@pytest.mark.parametrize(("backend", "device"), _backends("pair_out"))
-def test_pair_out_gate_thresholds(backend, device):
-    inp = make_pair_inputs("f32", device)
-    inp["hidden"] = torch.randn(64, 48, generator=torch.Generator().manual_seed(3)).to(device)
-    inp["mtp_hidden"] = torch.randn(64, 48, generator=torch.Generator().manual_seed(4)).to(device)
-    inp["token1"] = torch.arange(64, device=device)
-    inp["token2"] = torch.arange(64, device=device) + 100
-    results = {}
-    for thr in (-1.0, 0.0, 0.5, 1.0):
-        results[thr] = pipo_kernels.pair_out(**{**inp, "threshold": thr}, backend=backend)
-    conf = results[0.5][1]
-    assert 0 < (conf >= 0.5).sum() < 64, "the test needs confidences on both sides of 0.5"
-    assert (results[-1.0][0][:, 1] == inp["token2"]).all()  # < 0: always commit
-    assert (results[0.0][0][:, 1] == inp["token2"]).all()  # 0: confidence >= 0 always holds
-    assert (results[1.0][0][:, 1] == -7).all()  # >= 1: always PAD
-    second = results[0.5][0][:, 1]
-    assert torch.equal(second == inp["token2"], conf >= 0.5)
-    assert torch.equal(second == -7, conf < 0.5)
-
-
-# ------------------------------------------------------------------------------------------------
 # Bad inputs, opcheck, torch.compile, CUDA graphs
 # ------------------------------------------------------------------------------------------------
 
@@ -418,28 +336,9 @@ def test_sample_tokens_bad_inputs(bad, backend):
         pipo_kernels.sample_tokens(**inp, backend=backend)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
-def test_pair_out_bad_inputs(backend):
-    if backend not in pipo_kernels.available_backends("pair_out", CPU):
-        pytest.skip(f"{backend} backend not available")
-    inp = make_pair_inputs("f32")
-    for name, value in (
-        ("fc1_weight", inp["fc1_weight"][:, :-1].contiguous()),
-        ("norm_weight", inp["norm_weight"][:-1]),
-        ("mtp_hidden", inp["mtp_hidden"][:-1]),
-        ("fc2_weight", inp["fc2_weight"].double()),
-    ):
-        with pytest.raises((RuntimeError, ValueError), match=name):
-            pipo_kernels.pair_out(**{**inp, name: value}, backend=backend)
-
-
 def _sample_args(inp: dict) -> tuple:
     keys = ("hidden", "lm_head", "temperature", "top_k", "top_p", "presence_penalty", "seen")
     return (*(inp[k] for k in keys), inp["seeds"], inp["offsets"], inp["num_candidates"])
-
-
-def _pair_args(inp: dict) -> tuple:
-    return tuple(inp.values())
 
 
 @pytest.mark.parametrize(
@@ -452,40 +351,22 @@ def _pair_args(inp: dict) -> tuple:
     ],
 )
 def test_sample_tokens_opcheck(case, op):
-    if not hasattr(torch.ops.pipo, op):
-        pytest.skip(f"{op} not registered")
-    torch.library.opcheck(getattr(torch.ops.pipo, op), _sample_args(make_sample_inputs(case)))
-
-
-@pytest.mark.parametrize(
-    ("case", "op"),
-    [*((c, "pair_out") for c in ("f32", "bf16", "empty")), ("f16_odd", "pair_out_triton")],
-)
-def test_pair_out_opcheck(case, op):
-    if not hasattr(torch.ops.pipo, op):
-        pytest.skip(f"{op} not registered")
-    torch.library.opcheck(getattr(torch.ops.pipo, op), _pair_args(make_pair_inputs(case)))
+    torch.library.opcheck(pipo_op(op), _sample_args(make_sample_inputs(case)))
 
 
 @pytest.mark.parametrize("suffix", ["", "_triton"])
 def test_torch_compile_fullgraph(suffix):
-    if not hasattr(torch.ops.pipo, "sample_tokens" + suffix):
-        pytest.skip("op not registered")
-    sample = getattr(torch.ops.pipo, "sample_tokens" + suffix)
-    pair = getattr(torch.ops.pipo, "pair_out" + suffix)
+    sample = pipo_op("sample_tokens" + suffix)
     # the interpreted Triton op (on a CPU) runs on the small case: pipo_bf16 took 5x longer
     small = suffix == "_triton" and not HAS_CUDA
-    args = _sample_args(make_sample_inputs("small_vocab_f16" if small else "pipo_bf16"))
-    pargs = _pair_args(make_pair_inputs("f32"))
 
-    def step(args, pargs):
+    def step(args):
         tokens, logprob, ids, lp = sample(*args)
-        pairs, conf = pair(*pargs)
-        return tokens + 1, logprob * 2, ids, lp, pairs, conf
+        return tokens + 1, logprob * 2, ids, lp
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    for got, want in zip(compiled(args, pargs), step(args, pargs), strict=True):
-        torch.testing.assert_close(got, want)
+    assert_compiles_fullgraph(
+        step, _sample_args(make_sample_inputs("small_vocab_f16" if small else "pipo_bf16"))
+    )
 
 
 @requires_cuda
@@ -493,22 +374,11 @@ def test_torch_compile_fullgraph(suffix):
 def test_cuda_graph_capture(backend):
     dev = torch.device("cuda")
     inp = make_sample_inputs("mixed_f32", dev)
-    pinp = make_pair_inputs("bf16", dev)
     eager = pipo_kernels.sample_tokens(**inp, backend=backend)
-    eager_pair = pipo_kernels.pair_out(**pinp, backend=backend)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up (Triton compilation) outside the capture
-        pipo_kernels.sample_tokens(**inp, backend=backend)
-        pipo_kernels.pair_out(**pinp, backend=backend)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = pipo_kernels.sample_tokens(**inp, backend=backend)
-        pair = pipo_kernels.pair_out(**pinp, backend=backend)
+    graph, out = capture_graph(lambda: pipo_kernels.sample_tokens(**inp, backend=backend))
     graph.replay()
     torch.cuda.synchronize()
-    for got, want in zip((*out, *pair), (*eager, *eager_pair), strict=True):
+    for got, want in zip(out, eager, strict=True):
         torch.testing.assert_close(got, want)
     inp["offsets"].add_(1)  # new draws without re-capturing
     graph.replay()

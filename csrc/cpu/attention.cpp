@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "vec.h"
+
 namespace pipo::cpu_attention {
 
 constexpr int64_t kMaxRows = 64;  // query rows (query, head) per task: 4 vectors of 16
@@ -59,8 +61,7 @@ inline int64_t split_chunk(int64_t kv_len, int64_t splits) {
 // One copy of the kernel per instruction set; the pragma reaches the templates defined inside.
 // The 64-byte vector types never cross a non-inlined call, so GCC's ABI note does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2")
+PIPO_PUSH_TARGET(PIPO_TARGET_AVX512_BF16)
 #define PIPO_ISA avx512bf16
 #define PIPO_ISA_F16C
 #define PIPO_ISA_BF16_DOT
@@ -68,25 +69,23 @@ inline int64_t split_chunk(int64_t kv_len, int64_t splits) {
 #undef PIPO_ISA_BF16_DOT
 #undef PIPO_ISA_F16C
 #undef PIPO_ISA
-#pragma GCC pop_options
+PIPO_POP_TARGET()
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")
+PIPO_PUSH_TARGET(PIPO_TARGET_AVX512)
 #define PIPO_ISA avx512
 #define PIPO_ISA_F16C
 #include "attention_kernel.h"
 #undef PIPO_ISA_F16C
 #undef PIPO_ISA
-#pragma GCC pop_options
+PIPO_POP_TARGET()
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+PIPO_PUSH_TARGET(PIPO_TARGET_AVX2)
 #define PIPO_ISA avx2
 #define PIPO_ISA_F16C
 #include "attention_kernel.h"
 #undef PIPO_ISA_F16C
 #undef PIPO_ISA
-#pragma GCC pop_options
+PIPO_POP_TARGET()
 
 #define PIPO_ISA generic
 #include "attention_kernel.h"
@@ -99,41 +98,13 @@ using cpu_attention::kMaxRows;
 using cpu_attention::Params;
 using cpu_attention::Task;
 
-// The best kernel copy the CPU supports: 3 AVX512-BF16, 2 AVX-512, 1 AVX2+FMA, 0 generic.
-int best_isa() {
-  static const int isa = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return __builtin_cpu_supports("avx512bf16") ? 3 : 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-      return 1;
-    return 0;
-  }();
-  return isa;
-}
-
-// PIPO_CPU_ISA=generic|avx2|avx512|avx512bf16 caps the choice (tests run every copy this way).
-int chosen_isa() {
-  int isa = best_isa();
-  if (const char* env = std::getenv("PIPO_CPU_ISA"); env != nullptr && env[0] != '\0') {
-    const std::string name(env);
-    const int cap = name == "generic" ? 0 : name == "avx2" ? 1 : name == "avx512" ? 2 : 3;
-    TORCH_CHECK(cap < 3 || name == "avx512bf16", "PIPO_CPU_ISA: expected generic, avx2, avx512 ",
-                "or avx512bf16, got ", name);
-    isa = std::min(isa, cap);
-  }
-  return isa;
-}
-
 void run_kernel(const Params& p, const std::vector<Task>& tasks) {
-  switch (chosen_isa()) {
-    case 3:
+  switch (cpu::cpu_isa()) {
+    case cpu::Isa::kAvx512Bf16:
       return cpu_attention::avx512bf16::run(p, tasks);
-    case 2:
+    case cpu::Isa::kAvx512:
       return cpu_attention::avx512::run(p, tasks);
-    case 1:
+    case cpu::Isa::kAvx2:
       return cpu_attention::avx2::run(p, tasks);
     default:
       return cpu_attention::generic::run(p, tasks);

@@ -16,31 +16,25 @@
 namespace pipo::cpu_attention::PIPO_ISA {
 namespace {
 
-using vf = float __attribute__((vector_size(64)));
-using vi = int32_t __attribute__((vector_size(64)));
-using vu = uint32_t __attribute__((vector_size(64)));
+using vf = cpu::vf16;
+using vi = cpu::vi16;
+using vu = cpu::vu16;
+using cpu::load16;
+using cpu::splat16;
+using cpu::store16;
 
-#define PIPO_INLINE inline __attribute__((always_inline))
-
-PIPO_INLINE vf load(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-PIPO_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-PIPO_INLINE vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 PIPO_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 // 2^x for x <= 126 (scores minus the running maximum); 0 below -126, including -inf.
 // Round-to-nearest range reduction and a degree-6 Taylor polynomial: relative error ~2e-7.
 PIPO_INLINE vf exp2v(vf x) {
   const vi tiny = x < -126.0f;
-  x = x < -126.0f ? splat(-126.0f) : x;
+  x = x < -126.0f ? splat16(-126.0f) : x;
   const vf shifted = x + 0.5f;
   vi n = __builtin_convertvector(shifted, vi);
   n += __builtin_convertvector(n, vf) > shifted ? vi{} - 1 : vi{};  // trunc -> floor
   const vf f = x - __builtin_convertvector(n, vf);
-  vf poly = splat(1.5403530393381606e-4f);
+  vf poly = splat16(1.5403530393381606e-4f);
   poly = poly * f + 1.3333558146428443e-3f;
   poly = poly * f + 9.618129107628477e-3f;
   poly = poly * f + 5.550410866482158e-2f;
@@ -76,13 +70,6 @@ PIPO_INLINE void to_float(const c10::Half* src, float* dst, int64_t n) {
 
 #ifdef PIPO_ISA_BF16_DOT
 constexpr bool kBf16Dot = true;
-PIPO_INLINE vu splat_bits(uint32_t x) { return vu{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-PIPO_INLINE vu load_bits(const uint32_t* p) {
-  vu v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-PIPO_INLINE void store_bits(uint32_t* p, vu v) { std::memcpy(p, &v, sizeof(v)); }
 // acc + a[2i] * b[2i] + a[2i+1] * b[2i+1] per float lane i; a and b hold bfloat16 pairs.
 PIPO_INLINE vf dot2(vf acc, vu a, vu b) {
   return reinterpret_cast<vf>(_mm512_dpbf16_ps(
@@ -127,19 +114,19 @@ void scores_bf16(const Params& p, const c10::BFloat16* k_cache, const int32_t* p
     rows[n] = reinterpret_cast<const uint32_t*>(k_cache + (slot * p.num_kv_heads + hkv) * D);
   }
   for (int64_t n = nv; n < kBlockN; ++n) rows[n] = rows[0];  // computed, then masked
-  const vf scale = splat(p.scale_log2);
+  const vf scale = splat16(p.scale_log2);
   for (int64_t n = 0; n < nv; n += 4) {
     vf acc[4][C] = {};
     for (int64_t i = 0; i < half; ++i) {
       vu qv[C];
-      for (int c = 0; c < C; ++c) qv[c] = load_bits(qp + i * R + c * 16);
+      for (int c = 0; c < C; ++c) qv[c] = load16(qp + i * R + c * 16);
       for (int j = 0; j < 4; ++j) {
-        const vu kb = splat_bits(rows[n + j][i]);
+        const vu kb = splat16(rows[n + j][i]);
         for (int c = 0; c < C; ++c) acc[j][c] = dot2(acc[j][c], qv[c], kb);
       }
     }
     for (int j = 0; j < 4 && n + j < nv; ++j)
-      for (int c = 0; c < C; ++c) store(s + (n + j) * R + c * 16, acc[j][c] * scale);
+      for (int c = 0; c < C; ++c) store16(s + (n + j) * R + c * 16, acc[j][c] * scale);
   }
 }
 
@@ -166,9 +153,9 @@ void pv_bf16(const Params& p, const c10::BFloat16* v_cache, const int32_t* pages
       for (int64_t d = 0; d < D; ++d) dst[d] = v0[d];
     }
     for (int c = 0; c < C; ++c) {  // rows 2m, 2m+1 of s are read before row m is written
-      const vu lo = bf16_bits(load(s + 2 * m * R + c * 16));
-      const vu hi = 2 * m + 1 < nv ? bf16_bits(load(s + (2 * m + 1) * R + c * 16)) : vu{};
-      store_bits(pp + m * R + c * 16, lo | hi << 16);
+      const vu lo = bf16_bits(load16(s + 2 * m * R + c * 16));
+      const vu hi = 2 * m + 1 < nv ? bf16_bits(load16(s + (2 * m + 1) * R + c * 16)) : vu{};
+      store16(pp + m * R + c * 16, lo | hi << 16);
     }
   }
   for (int64_t d = 0; d < D; d += 4) {
@@ -176,17 +163,17 @@ void pv_bf16(const Params& p, const c10::BFloat16* v_cache, const int32_t* pages
     vf acc[4][C];
     for (int i = 0; i < 4; ++i)
       for (int c = 0; c < C; ++c)
-        acc[i][c] = i < nd ? load(ot + (d + i) * R + c * 16) * alpha[c] : vf{};
+        acc[i][c] = i < nd ? load16(ot + (d + i) * R + c * 16) * alpha[c] : vf{};
     for (int64_t m = 0; m < pairs; ++m) {
       vu pv[C];
-      for (int c = 0; c < C; ++c) pv[c] = load_bits(pp + m * R + c * 16);
+      for (int c = 0; c < C; ++c) pv[c] = load16(pp + m * R + c * 16);
       for (int i = 0; i < 4; ++i) {
-        const vu vb = splat_bits(i < nd ? vp[m * D + d + i] : 0u);
+        const vu vb = splat16(i < nd ? vp[m * D + d + i] : 0u);
         for (int c = 0; c < C; ++c) acc[i][c] = dot2(acc[i][c], pv[c], vb);
       }
     }
     for (int i = 0; i < nd; ++i)
-      for (int c = 0; c < C; ++c) store(ot + (d + i) * R + c * 16, acc[i][c]);
+      for (int c = 0; c < C; ++c) store16(ot + (d + i) * R + c * 16, acc[i][c]);
   }
 }
 #endif
@@ -236,7 +223,7 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
   std::fill(ot, ot + D * R, 0.0f);
   vf m[C], l[C];
   for (int c = 0; c < C; ++c) {
-    m[c] = splat(-INFINITY);
+    m[c] = splat16(-INFINITY);
     l[c] = vf{};
   }
 
@@ -270,22 +257,22 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
         const float* k0 = kv + n * D;
         for (int64_t d = 0; d < D; ++d) {
           vf qv[C];
-          for (int c = 0; c < C; ++c) qv[c] = load(qt + d * R + c * 16);
+          for (int c = 0; c < C; ++c) qv[c] = load16(qt + d * R + c * 16);
           for (int i = 0; i < 4; ++i) {
-            const vf kb = splat(k0[i * D + d]);
+            const vf kb = splat16(k0[i * D + d]);
             for (int c = 0; c < C; ++c) acc[i][c] += kb * qv[c];
           }
         }
         for (int i = 0; i < 4; ++i)
-          for (int c = 0; c < C; ++c) store(s + (n + i) * R + c * 16, acc[i][c]);
+          for (int c = 0; c < C; ++c) store16(s + (n + i) * R + c * 16, acc[i][c]);
       }
       for (; n < nv; ++n) {
         vf acc[C] = {};
         for (int64_t d = 0; d < D; ++d) {
-          const vf kb = splat(kv[n * D + d]);
-          for (int c = 0; c < C; ++c) acc[c] += kb * load(qt + d * R + c * 16);
+          const vf kb = splat16(kv[n * D + d]);
+          for (int c = 0; c < C; ++c) acc[c] += kb * load16(qt + d * R + c * 16);
         }
-        for (int c = 0; c < C; ++c) store(s + n * R + c * 16, acc[c]);
+        for (int c = 0; c < C; ++c) store16(s + n * R + c * 16, acc[c]);
       }
     }
     // Mask the query part of the range (the prefix is seen by every query).
@@ -302,13 +289,13 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
     vf alpha[C];
     for (int c = 0; c < C; ++c) {
       vf mx = m[c];
-      for (int64_t j = 0; j < nv; ++j) mx = vmax(mx, load(s + j * R + c * 16));
+      for (int64_t j = 0; j < nv; ++j) mx = vmax(mx, load16(s + j * R + c * 16));
       const vf m_use = mx == -INFINITY ? vf{} : mx;
       alpha[c] = exp2v(m[c] - m_use);
       vf sum = vf{};
       for (int64_t j = 0; j < nv; ++j) {
-        const vf pj = exp2v(load(s + j * R + c * 16) - m_use);
-        store(s + j * R + c * 16, pj);
+        const vf pj = exp2v(load16(s + j * R + c * 16) - m_use);
+        store16(s + j * R + c * 16, pj);
         sum += pj;
       }
       l[c] = l[c] * alpha[c] + sum;
@@ -332,31 +319,31 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
     for (; d + 4 <= D; d += 4) {
       vf acc[4][C];
       for (int i = 0; i < 4; ++i)
-        for (int c = 0; c < C; ++c) acc[i][c] = load(ot + (d + i) * R + c * 16) * alpha[c];
+        for (int c = 0; c < C; ++c) acc[i][c] = load16(ot + (d + i) * R + c * 16) * alpha[c];
       for (int64_t j = 0; j < nv; ++j) {
         vf pv[C];
-        for (int c = 0; c < C; ++c) pv[c] = load(s + j * R + c * 16);
+        for (int c = 0; c < C; ++c) pv[c] = load16(s + j * R + c * 16);
         for (int i = 0; i < 4; ++i) {
-          const vf vb = splat(kv[j * D + d + i]);
+          const vf vb = splat16(kv[j * D + d + i]);
           for (int c = 0; c < C; ++c) acc[i][c] += vb * pv[c];
         }
       }
       for (int i = 0; i < 4; ++i)
-        for (int c = 0; c < C; ++c) store(ot + (d + i) * R + c * 16, acc[i][c]);
+        for (int c = 0; c < C; ++c) store16(ot + (d + i) * R + c * 16, acc[i][c]);
     }
     for (; d < D; ++d) {
       for (int c = 0; c < C; ++c) {
-        vf acc = load(ot + d * R + c * 16) * alpha[c];
-        for (int64_t j = 0; j < nv; ++j) acc += splat(kv[j * D + d]) * load(s + j * R + c * 16);
-        store(ot + d * R + c * 16, acc);
+        vf acc = load16(ot + d * R + c * 16) * alpha[c];
+        for (int64_t j = 0; j < nv; ++j) acc += splat16(kv[j * D + d]) * load16(s + j * R + c * 16);
+        store16(ot + d * R + c * 16, acc);
       }
     }
   }
 
   float m_row[R], l_row[R];
   for (int c = 0; c < C; ++c) {
-    store(m_row + c * 16, m[c]);
-    store(l_row + c * 16, l[c]);
+    store16(m_row + c * 16, m[c]);
+    store16(l_row + c * 16, l[c]);
   }
   for (int64_t r = 0; r < nrows; ++r) {
     const int64_t rr = task.row0 + r;
@@ -404,8 +391,6 @@ void run_typed(const Params& p, const std::vector<Task>& tasks) {
                      }
                    });
 }
-
-#undef PIPO_INLINE
 
 }  // namespace
 

@@ -1,9 +1,10 @@
 // Fused latent projections on the CPU: fold_pairs (embedding gather + concat + linear + bias +
 // activation) and unfold_input (two RMSNorms + concat + linear), one tiled GEMM each.
 //
-// The GEMM body (latent_tiles.h) is compiled twice: for AVX-512 (chosen at run time when the CPU
-// has it) and for the baseline instruction set. Parallel over output blocks, so the weight, the
-// bytes that bound decode, is streamed from memory once for all rows.
+// The GEMM body (latent_tiles.h) is compiled three times (vec.h): for AVX-512 with the bfloat16
+// dot product, for AVX-512, and for the baseline instruction set, picked at run time. Parallel
+// over output blocks, so the weight, the bytes that bound decode, is streamed from memory once
+// for all rows.
 #include "../latent.h"
 
 #include <ATen/Parallel.h>
@@ -16,6 +17,8 @@
 #include <memory>
 #include <type_traits>
 #include <vector>
+
+#include "vec.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -85,8 +88,7 @@ void store_block(const Problem& p, const float* acc, int64_t row0, int64_t rows,
 }
 
 #ifdef PIPO_LATENT_AVX512
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+PIPO_PUSH_TARGET(PIPO_TARGET_AVX512)
 // GCC 12's AVX-512 intrinsic headers trip -Wmaybe-uninitialized (a false positive).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -130,8 +132,7 @@ struct Vec {
 
 }  // namespace avx512
 
-#pragma GCC push_options
-#pragma GCC target("avx512bf16")
+PIPO_PUSH_TARGET(PIPO_TARGET_AVX512_BF16)
 // AVX-512 plus the bfloat16 dot product (Zen 4, Cooper Lake, Sapphire Rapids and later).
 namespace avx512_bf16 {
 
@@ -156,10 +157,10 @@ struct Vec : avx512::Vec {
 #include "latent_tiles.h"
 
 }  // namespace avx512_bf16
-#pragma GCC pop_options
+PIPO_POP_TARGET()
 
 #pragma GCC diagnostic pop
-#pragma GCC pop_options
+PIPO_POP_TARGET()
 #endif
 
 namespace generic {
@@ -187,27 +188,6 @@ struct Vec {
 
 }  // namespace generic
 
-bool cpu_has_avx512_bf16() {
-#ifdef PIPO_LATENT_AVX512
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has;
-#else
-  return false;
-#endif
-}
-
-bool cpu_has_avx512() {
-#ifdef PIPO_LATENT_AVX512
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-#else
-  return false;
-#endif
-}
-
 template <typename T, bool kNorm>
 void run(const Problem& p) {
   const int64_t row_blocks = ceil_div(p.n, kBlockRows);
@@ -215,8 +195,9 @@ void run(const Problem& p) {
   // A task is worth a thread only with enough multiply-adds to hide the fork (~1M).
   const int64_t task_macs = std::min(p.n, kBlockRows) * kBlockOut * 2 * p.h;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(task_macs, 1));
-  const bool avx512 = cpu_has_avx512();
-  const bool bf16_dot = std::is_same_v<T, Bf16> && avx512 && cpu_has_avx512_bf16();
+  const cpu::Isa isa = cpu::cpu_isa();  // no AVX2 copy: below AVX-512 the generic one runs
+  const bool avx512 = isa >= cpu::Isa::kAvx512;
+  const bool bf16_dot = std::is_same_v<T, Bf16> && isa == cpu::Isa::kAvx512Bf16;
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
 #ifdef PIPO_LATENT_AVX512
     if constexpr (std::is_same_v<T, Bf16>)

@@ -1,4 +1,4 @@
-// sample_tokens and pair_out on the CPU.
+// sample_tokens on the CPU.
 //
 // sample_tokens works over tiles of kTile vocabulary rows: each thread takes a contiguous chunk
 // of tiles, computes a tile's [B, kTile] float32 logits with one small GEMM (MKL, single-threaded
@@ -20,8 +20,13 @@
 #include <limits>
 #include <vector>
 
+#include "pipo/rng.h"
+#include "tile_logits.h"
+
 namespace pipo {
 namespace {
+
+using cpu::tile_logits;
 
 constexpr int64_t kTile = 512;
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -49,126 +54,6 @@ inline void insert_candidate(Cand* list, int& n, int k, Cand c) {
   }
   list[i] = c;
   ++n;
-}
-
-// out[b, j] = x[b] . w[j] for 16-bit weight rows w [n, H] (bfloat16 or float16). Four rows at a
-// time, in chunks of kChunk features: the chunk is converted to float32 once and dotted with
-// every row of x while both sit in L1, so the weight is read once whatever B is. GCC vector
-// types keep the partial sums in registers; the clones below pick AVX-512 / AVX2 at run time.
-// Everything here is internal and inlined into the clones, so GCC's -Wpsabi note about passing
-// 64-byte vectors by value does not apply.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float Vec16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-__attribute__((always_inline)) inline void rows_dot_impl(const float* x, int64_t batch, int64_t h,
-                                                         const T* w, int64_t n, float* out,
-                                                         float* wbuf, Vec16* acc) {
-  constexpr int64_t kRows = 4, kLanes = 16, kChunk = 256;
-  const int64_t h16 = h / kLanes * kLanes;
-  for (int64_t j0 = 0; j0 < n; j0 += kRows) {
-    const int64_t nj = std::min(kRows, n - j0);
-    for (int64_t i = 0; i < batch * kRows; ++i) acc[i] = Vec16{};
-    for (int64_t c0 = 0; c0 < h16; c0 += kChunk) {
-      const int64_t c1 = std::min(h16, c0 + kChunk);
-      for (int64_t r = 0; r < kRows; ++r) {
-        float* dst = wbuf + r * kChunk;
-        const T* src = w + std::min(j0 + r, n - 1) * h;  // rows past n: ignored copies
-        for (int64_t i = c0; i < c1; ++i) dst[i - c0] = static_cast<float>(src[i]);
-      }
-      int64_t b = 0;
-      // Four rows of x against the four weight rows: 16 sums, 8 loads per 16 FMAs.
-      for (; b + 4 <= batch; b += 4) {
-        Vec16 a[4][4];
-        for (int q = 0; q < 4; ++q)
-          for (int r = 0; r < 4; ++r) a[q][r] = acc[4 * (b + q) + r];
-        for (int64_t i = c0; i < c1; i += kLanes) {
-          const float* wc = wbuf + (i - c0);
-          const Vec16 w0 = load16(wc), w1 = load16(wc + kChunk), w2 = load16(wc + 2 * kChunk),
-                      w3 = load16(wc + 3 * kChunk);
-          for (int q = 0; q < 4; ++q) {
-            const Vec16 xv = load16(x + (b + q) * h + i);
-            a[q][0] += w0 * xv;
-            a[q][1] += w1 * xv;
-            a[q][2] += w2 * xv;
-            a[q][3] += w3 * xv;
-          }
-        }
-        for (int q = 0; q < 4; ++q)
-          for (int r = 0; r < 4; ++r) acc[4 * (b + q) + r] = a[q][r];
-      }
-      for (; b < batch; ++b) {
-        const float* xb = x + b * h;
-        Vec16 a0 = acc[4 * b], a1 = acc[4 * b + 1], a2 = acc[4 * b + 2], a3 = acc[4 * b + 3];
-        for (int64_t i = c0; i < c1; i += kLanes) {
-          const Vec16 xv = load16(xb + i);
-          const float* wc = wbuf + (i - c0);
-          a0 += load16(wc) * xv;
-          a1 += load16(wc + kChunk) * xv;
-          a2 += load16(wc + 2 * kChunk) * xv;
-          a3 += load16(wc + 3 * kChunk) * xv;
-        }
-        acc[4 * b] = a0;
-        acc[4 * b + 1] = a1;
-        acc[4 * b + 2] = a2;
-        acc[4 * b + 3] = a3;
-      }
-    }
-    for (int64_t b = 0; b < batch; ++b) {
-      const float* xb = x + b * h;
-      for (int64_t r = 0; r < nj; ++r) {
-        float total = 0.0f;
-        for (int l = 0; l < kLanes; ++l) total += acc[4 * b + r][l];
-        const T* src = w + (j0 + r) * h;
-        for (int64_t i = h16; i < h; ++i) total += static_cast<float>(src[i]) * xb[i];
-        out[b * n + j0 + r] = total;
-      }
-    }
-  }
-}
-
-#define PIPO_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-
-PIPO_CPU_CLONES void rows_dot_bf16(const float* x, int64_t batch, int64_t h, const c10::BFloat16* w,
-                                   int64_t n, float* out, float* wbuf, Vec16* acc) {
-  rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
-}
-
-PIPO_CPU_CLONES void rows_dot_f16(const float* x, int64_t batch, int64_t h, const c10::Half* w,
-                                  int64_t n, float* out, float* wbuf, Vec16* acc) {
-  rows_dot_impl(x, batch, h, w, n, out, wbuf, acc);
-}
-#pragma GCC diagnostic pop
-
-// out[b, j] = x[b] . w[j] in float32 for w [n, H] rows of any float dtype: MKL for float32
-// weights, the converting kernel above for 16-bit ones.
-void tile_logits(const at::Tensor& x, const at::Tensor& w, float* out, std::vector<float>& wbuf) {
-  const int64_t n = w.size(0), h = w.size(1), batch = x.size(0);
-  if (w.scalar_type() == at::kFloat) {
-    // Kernels run below autograd: weights that require grad (model parameters) are fine here.
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto out_t = at::from_blob(out, {batch, n}, x.options());
-    at::mm_out(out_t, x, w.t());
-    return;
-  }
-  // wbuf: 4 x 256 converted weights, then 4 * B Vec16 partial sums (64-byte aligned).
-  wbuf.resize(static_cast<size_t>(4 * 256 + 16 + batch * 4 * 16));
-  float* conv = wbuf.data();
-  auto* acc =
-      reinterpret_cast<Vec16*>((reinterpret_cast<uintptr_t>(conv + 4 * 256) + 63) / 64 * 64);
-  if (w.scalar_type() == at::kBFloat16) {
-    rows_dot_bf16(x.data_ptr<float>(), batch, h, w.data_ptr<c10::BFloat16>(), n, out, conv, acc);
-  } else {
-    rows_dot_f16(x.data_ptr<float>(), batch, h, w.data_ptr<c10::Half>(), n, out, conv, acc);
-  }
 }
 
 struct RowPlan {
@@ -410,69 +295,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_tokens_cpu(
                   tok_lp[b]);
   }
   return {tokens, token_logprob, cand_ids, cand_logprobs};
-}
-
-std::tuple<at::Tensor, at::Tensor> pair_out_cpu(
-    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
-    const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
-    const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps) {
-  check_pair_out_args(hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight, fc2_weight);
-  TORCH_CHECK(hidden.device().is_cpu(), "hidden: expected a CPU tensor, got ", hidden.device());
-  const int64_t batch = hidden.size(0), h = hidden.size(1);
-  at::Tensor pairs = at::empty({batch, 2}, token1.options());
-  at::Tensor confidence = at::empty({batch}, hidden.options().dtype(at::kFloat));
-  if (batch == 0) return {pairs, confidence};
-
-  // RMSNorm of [hidden; mtp_hidden] over 2H, times norm_weight, in float32.
-  at::Tensor xn = at::cat({hidden, mtp_hidden}, 1).to(at::kFloat).contiguous();
-  const at::Tensor nw = norm_weight.to(at::kFloat).contiguous();
-  float* xp = xn.data_ptr<float>();
-  const float* nwp = nw.data_ptr<float>();
-  at::parallel_for(0, batch, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      float* row = xp + b * 2 * h;
-      float ss = 0.0f;
-      for (int64_t j = 0; j < 2 * h; ++j) ss += row[j] * row[j];
-      const float r = 1.0f / std::sqrt(ss / static_cast<float>(2 * h) + static_cast<float>(eps));
-      for (int64_t j = 0; j < 2 * h; ++j) row[j] = row[j] * r * nwp[j];
-    }
-  });
-
-  // fc1 in tiles of output rows; each tile's SiLU outputs are reduced against fc2 at once, so the
-  // [B, H] activation is never stored. Per-chunk partial sums keep the reduction deterministic.
-  const at::Tensor w2 = fc2_weight.to(at::kFloat).contiguous();
-  const float* w2p = w2.data_ptr<float>();
-  constexpr int64_t kRows = 128;
-  const int64_t n_tiles = (h + kRows - 1) / kRows;
-  std::vector<float> partial(static_cast<size_t>(n_tiles * batch), 0.0f);
-  at::parallel_for(0, n_tiles, 1, [&](int64_t t_begin, int64_t t_end) {
-    std::vector<float> act(static_cast<size_t>(batch * kRows)), wbuf;
-    for (int64_t tile = t_begin; tile < t_end; ++tile) {
-      const int64_t j0 = tile * kRows, n = std::min(kRows, h - j0);
-      tile_logits(xn, fc1_weight.narrow(0, j0, n), act.data(), wbuf);
-      for (int64_t b = 0; b < batch; ++b) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < n; ++j) {
-          const float a = act[b * n + j];
-          acc += a / (1.0f + std::exp(-a)) * w2p[j0 + j];
-        }
-        partial[tile * batch + b] = acc;
-      }
-    }
-  });
-  const int64_t* t1 = token1.data_ptr<int64_t>();
-  const int64_t* t2 = token2.data_ptr<int64_t>();
-  int64_t* out = pairs.data_ptr<int64_t>();
-  float* conf = confidence.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    float acc = 0.0f;
-    for (int64_t tile = 0; tile < n_tiles; ++tile) acc += partial[tile * batch + b];
-    conf[b] = 1.0f / (1.0f + std::exp(-acc));
-    const bool commit = threshold < 0.0 || (threshold < 1.0 && conf[b] >= threshold);
-    out[2 * b] = t1[b];
-    out[2 * b + 1] = commit ? t2[b] : pad_id;
-  }
-  return {pairs, confidence};
 }
 
 }  // namespace pipo

@@ -9,7 +9,7 @@
 #include <tuple>
 #include <vector>
 
-#include "pipo/verify_rng.h"
+#include "pipo/rng.h"
 
 namespace pipo {
 namespace {

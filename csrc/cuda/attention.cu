@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "../attention.h"
+#include "dtype.h"
 #include "pipo/attention.cuh"
 
 namespace pipo {
@@ -42,9 +43,7 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cuda_launch(
   p.page_size = static_cast<int>(k_cache.size(1));
   const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(double(head_dim));
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
-  p.dtype = q.scalar_type() == at::kFloat  ? AttnDtype::kFloat
-            : q.scalar_type() == at::kHalf ? AttnDtype::kHalf
-                                           : AttnDtype::kBFloat16;
+  p.dtype = cuda_dtype(q.scalar_type());
   p.num_splits = num_splits > 0 ? static_cast<int>(num_splits)
                                 : paged_attention_auto_splits(p, q.get_device());
   // The workspace size depends on shapes only: a fixed allocation for a captured graph.

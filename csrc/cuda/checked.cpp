@@ -8,6 +8,7 @@
 #include "../kv_cache.h"
 #include "../latent.h"
 #include "../ops.h"
+#include "../pair_out.h"
 #include "../sampling.h"
 #include "../verify.h"
 

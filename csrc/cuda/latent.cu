@@ -5,23 +5,11 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "../latent.h"
+#include "dtype.h"
 #include "pipo/latent.cuh"
 
 namespace pipo {
 namespace {
-
-// Calls f(T{}) with T the CUDA element type of `dtype` (float32, float16 or bfloat16).
-template <typename F>
-cudaError_t by_dtype(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat:
-      return f(float{});
-    case at::kHalf:
-      return f(__half{});
-    default:
-      return f(__nv_bfloat16{});
-  }
-}
 
 // Decode sizes: one fused launch. Prefill sizes: the gather kernel writes A [N, 2H], then
 // cuBLAS (through ATen, on the current stream) computes A @ W^T with the bias, then SiLU.
@@ -32,12 +20,11 @@ void launch(const LatentParams& p, const at::Tensor& like, const at::Tensor& wei
   cudaError_t err;
   at::Tensor a;
   if (p.n <= kLatentFusedMaxRows) {
-    err = by_dtype(like.scalar_type(),
-                   [&](auto tag) { return launch_latent<decltype(tag), kUnfold>(p, stream); });
+    err = dispatch_dtype(cuda_dtype(like.scalar_type()),
+                         [&]<typename T>() { return launch_latent<T, kUnfold>(p, stream); });
   } else {
     a = at::empty({p.n, 2 * p.h}, like.options());
-    err = by_dtype(like.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
+    err = dispatch_dtype(cuda_dtype(like.scalar_type()), [&]<typename T>() {
       return launch_latent_gather<T, kUnfold>(p, static_cast<T*>(a.data_ptr()), stream);
     });
   }

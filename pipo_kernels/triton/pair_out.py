@@ -11,7 +11,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .._backend import triton_interpreting
-from ..sampling import _pair_out_fake, check_pair_out_args
+from ..pair_out import _pair_out_fake, check_pair_out_args
 from ._common import dot_in_float32, register
 
 

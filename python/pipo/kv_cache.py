@@ -1,6 +1,6 @@
 """Paged KV cache: page pools per layer, a free-list page allocator and per-request block tables.
 
-Layout (OPS.md): one ``k_cache`` / ``v_cache`` pair per layer, [num_pages, page_size, Hkv, D].
+Layout (docs/ops.md): one ``k_cache`` / ``v_cache`` pair per layer, [num_pages, page_size, Hkv, D].
 Logical position p of a request lives in slot ``pages[p // page_size] * page_size + p % page_size``.
 Requests own whole pages; a finished request's pages go back to the free list and are reused.
 """

@@ -53,7 +53,7 @@ class AttnMeta:
 
 @dataclass
 class SamplingTensors:
-    """Per-row sampling parameters (OPS.md sample_tokens): temperature f32 [B], top_k i32 [B],
+    """Per-row sampling parameters (docs/ops.md, sample_tokens): temperature f32 [B], top_k i32 [B],
     top_p f32 [B], presence_penalty f32 [B], seen int32 [B, ceil(V/32)] bitmask or None,
     seeds int64 [B], offsets int64 [B]."""
 
@@ -329,7 +329,7 @@ class Compressor(nn.Module):
 
     @torch.no_grad()
     def init_sum(self) -> None:
-        """Make C([e0; e1]) = e0 + e1 exactly (PIPO.md). For the MLP, fc1 computes (s, -s) with
+        """Make C([e0; e1]) = e0 + e1 exactly (docs/method.md, the fold). For the MLP, fc1 computes (s, -s) with
         s = e0 + e1 and fc2 takes silu(s) - silu(-s), which equals s."""
         if self.kind == "linear":
             h = self.proj.out_features

@@ -1,7 +1,8 @@
 """The one door from the model to the kernels: ``pipo.ops.<op>`` is ``pipo_kernels.<op>``.
 
-Every call passes its arguments by keyword, as OPS.md names them; each op picks its backend
-(``backend=None``: the fastest for the tensors' device, see pipo_kernels' README section).
+Every call passes its arguments by keyword, as docs/ops.md names them; each op picks its backend
+(``backend=None``: the fastest for the tensors' device, see pipo_kernels' README section). The
+ops are those of pipo_kernels._registry (the imports below are checked against it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pipo_kernels import (
     verify_tree,
     verify_tree_stochastic,
 )
+from pipo_kernels._registry import NAMES as OPS
+from pipo_kernels._registry import get as _get
 
+# The ops' names are pipo_kernels._registry.NAMES (tests/test_registry.py checks this list).
 __all__ = [
     "OPS",
     "fold_pairs",
@@ -32,21 +36,7 @@ __all__ = [
     "verify_tree_stochastic",
 ]
 
-OPS = (
-    "kv_cache_append",
-    "kv_cache_compact",
-    "fold_pairs",
-    "unfold_input",
-    "sample_tokens",
-    "pair_out",
-    "paged_attention",
-    "verify_tree",
-    "verify_tree_stochastic",
-)
-
 
 def resolve(name: str):
-    """The callable that runs op ``name``."""
-    if name not in OPS:
-        raise ValueError(f"name: expected one of {', '.join(OPS)}, got {name!r}")
-    return globals()[name]
+    """The callable that runs op ``name``; a ValueError names the known ops otherwise."""
+    return globals()[_get(name).name]

@@ -2,7 +2,7 @@
 
 The engine's reference path samples with these; the kernel path calls ``sample_tokens``. Both
 see the same distribution: presence penalty on the float32 logits, then temperature, then top-k,
-then top-p (OPS.md §3).
+then top-p (docs/ops.md §3).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Three stages, each resumable from its own output folder:
 
 - ``ar``:   plain next-token cross-entropy of an ``ARModel`` (the baseline, and spec mode's verifier).
-- ``pipo``: SFT of a ``PIPOModel`` with the paper's losses (PIPO.md): backbone CE on the next
+- ``pipo``: SFT of a ``PIPOModel`` with the paper's losses (docs/method.md): backbone CE on the next
   pair's first token + λ · MTP CE on its second token + μ · BCE of the confidence against the MTP
   head's own detached probability of the gold token, on inputs with the random PAD-split
   augmentation (fraction ~ U[0, 0.25]). ``--init-from`` starts it from a trained AR backbone

@@ -24,8 +24,6 @@
 
 namespace pipo {
 
-enum class AttnDtype { kFloat, kHalf, kBFloat16 };
-
 struct PagedAttentionParams {
   const void* q;  // [num_tokens, num_q_heads, head_dim]; element strides below, last dim dense
   int64_t q_stride_tok, q_stride_head;
@@ -42,7 +40,7 @@ struct PagedAttentionParams {
   float* part_lse;  // [num_splits, num_tokens, num_q_heads]
   int batch, num_q_heads, num_kv_heads, group, head_dim, page_size, num_splits;
   float scale_log2;  // sm_scale * log2(e)
-  AttnDtype dtype;
+  DType dtype;
 };
 
 namespace attn {
@@ -51,17 +49,7 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kBlockN = 32;  // KV positions per tile: one per lane in the score phase
 constexpr int kPadBytes = 16;
-constexpr unsigned kFull = 0xffffffffu;
 constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int off = 16; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(kFull, x, off));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(kFull, x, off);
-  return x;
-}
 
 // 16-byte global -> shared copy; src_bytes 0 zero-fills the destination without reading.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
@@ -123,18 +111,18 @@ __device__ __forceinline__ void find_tile(const PagedAttentionParams& p, int row
     }
     int incl = n;
     for (int off = 1; off < 32; off *= 2) {
-      const int y = __shfl_up_sync(kFull, incl, off);
+      const int y = __shfl_up_sync(kFullMask, incl, off);
       if (lane >= off) incl += y;
     }
-    const unsigned hit = __ballot_sync(kFull, b < p.batch && tile < before + incl);
+    const unsigned hit = __ballot_sync(kFullMask, b < p.batch && tile < before + incl);
     if (hit != 0) {
       const int l = __ffs(hit) - 1;
-      const int excl = __shfl_sync(kFull, incl - n, l);
+      const int excl = __shfl_sync(kFullMask, incl - n, l);
       seq = base + l;
       t_in = tile - before - excl;
       return;
     }
-    before += __shfl_sync(kFull, incl, 31);
+    before += __shfl_sync(kFullMask, incl, 31);
   }
 }
 
@@ -311,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const PagedAt
       }
 #pragma unroll
       for (int i = 0; i < RPW; ++i) {
-        const float pn = __shfl_sync(kFull, s[i], n);
+        const float pn = __shfl_sync(kFullMask, s[i], n);
 #pragma unroll
         for (int j = 0; j < L::kPerLane; ++j) acc[i][j] += pn * to_float(v[j]);
       }
@@ -450,14 +438,9 @@ inline cudaError_t launch_paged_attention(const PagedAttentionParams& p, cudaStr
   if (p.num_tokens == 0 || p.batch == 0) return cudaSuccess;
   const int rpw = attn::rows_per_warp(p);
   const int64_t tiles = ceil_div<int64_t>(p.num_tokens * p.group, attn::kWarps * rpw) + p.batch;
-  switch (p.dtype) {
-    case AttnDtype::kFloat:
-      return attn::launch_dims<float>(p, static_cast<int>(tiles), rpw, stream);
-    case AttnDtype::kHalf:
-      return attn::launch_dims<__half>(p, static_cast<int>(tiles), rpw, stream);
-    default:
-      return attn::launch_dims<__nv_bfloat16>(p, static_cast<int>(tiles), rpw, stream);
-  }
+  return dispatch_dtype(p.dtype, [&]<typename T>() {
+    return attn::launch_dims<T>(p, static_cast<int>(tiles), rpw, stream);
+  });
 }
 
 }  // namespace pipo

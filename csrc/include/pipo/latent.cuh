@@ -60,27 +60,6 @@ __device__ __forceinline__ const T* row_src(const LatentParams& p, int64_t n, in
   return static_cast<const T*>(p.embedding) + id * p.h;
 }
 
-// Loads kVec consecutive elements as floats (one 16-byte load when kVec * sizeof(T) == 16).
-template <typename T, int kVec, bool kStream = false>
-__device__ __forceinline__ void load_vec(const T* src, float (&dst)[kVec]) {
-  if constexpr (kVec * sizeof(T) == 16) {
-    const uint4 raw = kStream ? __ldcs(reinterpret_cast<const uint4*>(src))
-                              : __ldg(reinterpret_cast<const uint4*>(src));
-    const T* v = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) dst[i] = to_float(v[i]);
-  } else {
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) dst[i] = to_float(src[i]);
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-  return x;
-}
-
 template <typename T>
 __device__ __forceinline__ float finish(const LatentParams& p, float v, int64_t o) {
   if (p.bias != nullptr) v += to_float(static_cast<const T*>(p.bias)[o]);
@@ -102,14 +81,9 @@ __global__ void __launch_bounds__(256) unfold_rms_kernel(LatentParams p) {
       ss += f * f;
     }
   __shared__ float partial[8];
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    for (int w = 0; w < 8; ++w) total += partial[w];
+  const float total = block_reduce(ss, SumOp{}, 0.0f, partial);
+  if (threadIdx.x == 0)
     p.scale[2 * n + half] = x != nullptr ? rsqrtf(total / static_cast<float>(p.h) + p.eps) : 0.0f;
-  }
 }
 
 // Decode: each warp owns kOuts consecutive outputs and all N <= kRows rows. Lanes stride over K
@@ -144,14 +118,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32) latent_gemv_kernel(LatentPara
     for (int64_t k = static_cast<int64_t>(lane) * kVec; k < h; k += 32 * kVec) {
       float wv[kGemvOuts][kVec];
 #pragma unroll
-      for (int j = 0; j < kGemvOuts; ++j) load_vec<T, kVec, true>(w[j] + k, wv[j]);
+      for (int j = 0; j < kGemvOuts; ++j) load_floats<kVec, Load::kStream>(w[j] + k, wv[j]);
       float g[kVec];
-      if constexpr (kUnfold) load_vec<T, kVec>(gamma + k, g);
+      if constexpr (kUnfold) load_floats<kVec, Load::kReadOnly>(gamma + k, g);
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         if (a[r] == nullptr) continue;
         float av[kVec];
-        load_vec<T, kVec>(a[r] + k, av);
+        load_floats<kVec, Load::kReadOnly>(a[r] + k, av);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
           const float x = kUnfold ? av[i] * g[i] * s[r] : av[i];

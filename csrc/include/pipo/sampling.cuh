@@ -1,4 +1,4 @@
-// sample_tokens and pair_out: torch-free CUDA kernels and their launchers.
+// sample_tokens: torch-free CUDA kernels and their launcher.
 //
 // sample_tokens runs in three launches, none of which synchronises with the host:
 //  1. sample_tiles_kernel, grid (row blocks, vocabulary parts): a block owns RB batch rows (their
@@ -26,7 +26,8 @@
 #include <type_traits>
 
 #include "pipo/common.cuh"
-#include "pipo/gumbel.h"
+#include "pipo/rng.h"
+#include "pipo/sampling_limits.h"
 
 namespace pipo {
 
@@ -60,58 +61,12 @@ struct SampleParams {
   int part_span;  // vocabulary tokens per part, a multiple of 32
 };
 
-struct PairOutParams {
-  const void* hidden;       // [B, H]
-  const void* mtp_hidden;   // [B, H]
-  const int64_t* token1;    // [B]
-  const int64_t* token2;    // [B]
-  const void* norm_weight;  // [2H]
-  const void* fc1;          // [H, 2H]
-  const void* fc2;          // [1, H]
-  int64_t* pairs;           // [B, 2]
-  float* confidence;        // [B]
-  float* xn;                // workspace [B, 2H]
-  float* partial;           // workspace [B, n_blocks]
-  int64_t batch, hidden_size;
-  int n_blocks;
-  float threshold, eps;
-  int64_t pad_id;
-};
-
 namespace detail {
 
 constexpr int kSampleThreads = 256;
 constexpr int kSubTile = 32;
 constexpr int kMergeCap = 1024;
 constexpr int64_t kMinKey = INT64_MIN;
-constexpr unsigned kFull = 0xFFFFFFFFu;
-
-// Zero of T without the implicit conversions that torch builds disable.
-template <typename T>
-__device__ __forceinline__ T zero_of() {
-  if constexpr (sizeof(T) == 4) {
-    return 0.0f;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half(0.0f);
-  } else {
-    return __float2bfloat16(0.0f);
-  }
-}
-
-// VEC consecutive elements as float; VEC * sizeof(T) is 16 (one vector load) or VEC is 1.
-template <int VEC, typename T>
-__device__ __forceinline__ void load_floats(const T* p, float* out) {
-  if constexpr (VEC == 1) {
-    out[0] = to_float(p[0]);
-  } else {
-    static_assert(VEC * sizeof(T) == 16, "vector loads are 16 bytes");
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) out[i] = to_float(e[i]);
-  }
-}
-
 __device__ __forceinline__ int32_t order_key(float z) {
   const int32_t b = __float_as_int(z);
   return b >= 0 ? b : b ^ 0x7FFFFFFF;
@@ -152,54 +107,6 @@ __device__ __forceinline__ RowMode row_mode(float t, int32_t k, float p, int64_t
   return m;
 }
 
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-
-// Reduction over the whole block; every thread gets the result. `sh` holds 32 entries.
-template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T identity, T* sh) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // a previous call may still be reading sh
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x >> 5) ? sh[lane] : identity;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-
-struct MaxOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a > b ? a : b;
-  }
-};
-struct MinOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a < b ? a : b;
-  }
-};
-struct SumOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a + b;
-  }
-};
-
-// Stage 1. Dynamic shared memory: RB * H elements of T (the hidden rows), then the sub-tile's
-// logits [RB][32] and the candidate lists [RB][kMaxCandidates].
 template <typename T, int RB, int VEC>
 __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SampleParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -217,7 +124,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
 
   for (int64_t i = threadIdx.x; i < RB * H; i += blockDim.x) {
     const int64_t r = row0 + i / H;
-    sh_hidden[i] = r < p.batch ? hidden[r * H + i % H] : zero_of<T>();
+    sh_hidden[i] = r < p.batch ? hidden[r * H + i % H] : from_float<T>(0.0f);
   }
 
   // Per-row state, held by warp `warp` for row row0 + warp (uniform across its lanes).
@@ -253,7 +160,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         if (v_warp + r < v_end) {
-          load_floats<VEC>(lm_head + (v_warp + r) * H + h, w[r]);
+          load_floats<VEC, Load::kPlain>(lm_head + (v_warp + r) * H + h, w[r]);
         } else {
 #pragma unroll
           for (int i = 0; i < VEC; ++i) w[r][i] = 0.0f;
@@ -262,7 +169,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
 #pragma unroll
       for (int b = 0; b < RB; ++b) {
         float x[VEC];
-        load_floats<VEC>(sh_hidden + b * H + h, x);
+        load_floats<VEC, Load::kPlain>(sh_hidden + b * H + h, x);
 #pragma unroll
         for (int r = 0; r < 4; ++r)
 #pragma unroll
@@ -296,22 +203,23 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
       const int64_t key = valid ? pack(score, v) : kMinKey;
       const int64_t key_max = warp_max(key);
       if (key_max > best) {
-        const int src = __ffs(__ballot_sync(kFull, key == key_max)) - 1;
+        const int src = __ffs(__ballot_sync(kFullMask, key == key_max)) - 1;
         best = key_max;
-        best_z = __shfl_sync(kFull, z, src);
+        best_z = __shfl_sync(kFullMask, z, src);
       }
       if (mode.k_track > 0) {
         const int64_t ckey = valid ? pack(z, v) : kMinKey;
         auto beats = [&](int64_t c) {
           return c != kMinKey && (n_cand < mode.k_track || c > list[mode.k_track - 1]);
         };
-        unsigned pending = __ballot_sync(kFull, beats(ckey));
+        unsigned pending = __ballot_sync(kFullMask, beats(ckey));
         while (pending != 0) {
           const int src = __ffs(pending) - 1;
-          const int64_t c = __shfl_sync(kFull, ckey, src);
+          const int64_t c = __shfl_sync(kFullMask, ckey, src);
           const bool gt0 = lane < n_cand && list[lane] > c;
           const bool gt1 = lane + 32 < n_cand && list[lane + 32] > c;
-          const int pos = __popc(__ballot_sync(kFull, gt0)) + __popc(__ballot_sync(kFull, gt1));
+          const int pos =
+              __popc(__ballot_sync(kFullMask, gt0)) + __popc(__ballot_sync(kFullMask, gt1));
           const int last = min(n_cand, mode.k_track - 1);
           const int64_t old0 = lane >= 1 ? list[lane - 1] : 0;
           const int64_t old1 = list[lane + 31];
@@ -323,7 +231,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tiles_kernel(SamplePara
           __syncwarp();
           n_cand = min(n_cand + 1, mode.k_track);
           pending &= ~(1u << src);
-          pending &= __ballot_sync(kFull, beats(ckey));
+          pending &= __ballot_sync(kFullMask, beats(ckey));
         }
       }
     }
@@ -582,7 +490,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_exact_kernel(SamplePara
     const float zv = ok ? z[v] : -INFINITY;
     const int64_t o = order_key(zv);
     const bool tie = ok && o == zstar;
-    const unsigned ballot = __ballot_sync(kFull, tie);
+    const unsigned ballot = __ballot_sync(kFullMask, tie);
     __syncthreads();
     if (lane == 0) sh.warp_ties[warp] = __popc(ballot);
     __syncthreads();
@@ -614,65 +522,6 @@ __global__ void __launch_bounds__(kSampleThreads) sample_exact_kernel(SamplePara
     p.tokens[row] = unpack_id(win);
     p.token_logprob[row] = wz - (mall + __logf(sall));
   }
-}
-
-// pair_out, kernel 1: xn[b] = rmsnorm([hidden[b]; mtp_hidden[b]]) * norm_weight, float32.
-template <typename T>
-__global__ void pair_norm_kernel(PairOutParams p) {
-  __shared__ float sh[32];
-  const int64_t b = blockIdx.x, H = p.hidden_size;
-  const T* hid = static_cast<const T*>(p.hidden) + b * H;
-  const T* mtp = static_cast<const T*>(p.mtp_hidden) + b * H;
-  const T* nw = static_cast<const T*>(p.norm_weight);
-  float ss = 0.0f;
-  for (int64_t j = threadIdx.x; j < 2 * H; j += blockDim.x) {
-    const float x = to_float(j < H ? hid[j] : mtp[j - H]);
-    ss += x * x;
-  }
-  ss = block_reduce(ss, SumOp{}, 0.0f, sh);
-  const float rstd = rsqrtf(ss / static_cast<float>(2 * H) + p.eps);
-  for (int64_t j = threadIdx.x; j < 2 * H; j += blockDim.x) {
-    const float x = to_float(j < H ? hid[j] : mtp[j - H]);
-    p.xn[b * 2 * H + j] = x * rstd * to_float(nw[j]);
-  }
-}
-
-// pair_out, kernel 2: each warp owns fc1 rows; partial[b][block] = sum over the block's rows of
-// silu(fc1[j] . xn[b]) * fc2[j].
-template <typename T>
-__global__ void pair_fc_kernel(PairOutParams p) {
-  __shared__ float sh[32];
-  const int64_t H = p.hidden_size;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + warp;
-  const T* fc1 = static_cast<const T*>(p.fc1);
-  const T* fc2 = static_cast<const T*>(p.fc2);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    float contrib = 0.0f;
-    if (j < H) {
-      float acc = 0.0f;
-      for (int64_t i = lane; i < 2 * H; i += 32)
-        acc += to_float(fc1[j * 2 * H + i]) * p.xn[b * 2 * H + i];
-      acc = warp_sum(acc);
-      contrib = acc / (1.0f + __expf(-acc)) * to_float(fc2[j]);
-    }
-    // One value per warp (lanes agree); sum the warps.
-    const float total = block_reduce(lane == 0 ? contrib : 0.0f, SumOp{}, 0.0f, sh);
-    if (threadIdx.x == 0) p.partial[b * p.n_blocks + blockIdx.x] = total;
-  }
-}
-
-// pair_out, kernel 3: confidence and the gate, one thread per row.
-__global__ void pair_gate_kernel(PairOutParams p) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= p.batch) return;
-  float acc = 0.0f;
-  for (int i = 0; i < p.n_blocks; ++i) acc += p.partial[b * p.n_blocks + i];
-  const float conf = 1.0f / (1.0f + __expf(-acc));
-  p.confidence[b] = conf;
-  const bool commit = p.threshold < 0.0f || (p.threshold < 1.0f && conf >= p.threshold);
-  p.pairs[2 * b] = p.token1[b];
-  p.pairs[2 * b + 1] = commit ? p.token2[b] : p.pad_id;
 }
 
 }  // namespace detail
@@ -734,23 +583,6 @@ cudaError_t launch_sample_tokens(const SampleParams& p, int rb, cudaStream_t str
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   detail::sample_exact_kernel<<<rows, detail::kSampleThreads, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
-constexpr int kPairWarps = 8;
-
-template <typename T>
-cudaError_t launch_pair_out(const PairOutParams& p, cudaStream_t stream) {
-  if (p.batch == 0) return cudaSuccess;
-  detail::pair_norm_kernel<T><<<static_cast<unsigned>(p.batch), 256, 0, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  detail::pair_fc_kernel<T><<<static_cast<unsigned>(p.n_blocks), kPairWarps * 32, 0, stream>>>(p);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  detail::
-      pair_gate_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(p.batch, 128)), 128, 0, stream>>>(
-          p);
   return cudaGetLastError();
 }
 

@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "pipo/common.cuh"
-#include "pipo/verify_rng.h"
+#include "pipo/rng.h"
 
 namespace pipo {
 
@@ -40,7 +40,6 @@ namespace detail {
 
 constexpr int kVerifyWarpsPerBlock = 4;
 constexpr int kStochasticThreads = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
 
 // The sequence's node range, clamped to [0, num_nodes].
 __device__ __forceinline__ void tree_range(const VerifyTreeParams& p, int64_t b, int64_t& start,
@@ -77,10 +76,7 @@ __global__ void verify_tree_kernel(VerifyTreeParams p) {
       key = k > key ? k : key;
     }
   }
-  for (int off = 16; off > 0; off >>= 1) {
-    const int64_t other = __shfl_xor_sync(kFullMask, key, off);
-    key = other > key ? other : key;
-  }
+  key = warp_reduce(key, MaxOp{});
   const bool found = key >= 0;  // false only for an empty tree
   const int64_t best_depth = found ? key >> 32 : 0;
   const int64_t best = found ? INT32_MAX - (key & 0xffffffff) : 0;
@@ -109,38 +105,6 @@ __device__ __forceinline__ float residual_at(const float* t, const float* q, flo
   return fmaxf(0.0f, __fsub_rn(t[v], __fmul_rn(scale, q[v])));
 }
 
-template <typename T, typename Op>
-__device__ __forceinline__ T warp_reduce(T v, Op op) {
-  for (int off = 16; off > 0; off >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, off));
-  return v;
-}
-
-// Block-wide reduction; every thread gets the result (smem holds one value per warp).
-template <typename T, typename Op>
-__device__ __forceinline__ T block_reduce(T v, Op op, T* smem) {
-  constexpr int kWarps = kStochasticThreads / 32;
-  v = warp_reduce(v, op);
-  if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = v;
-  __syncthreads();
-  T total = smem[0];
-  for (int w = 1; w < kWarps; ++w) total = op(total, smem[w]);
-  __syncthreads();  // smem is reused by the next reduction
-  return total;
-}
-
-struct AddOp {
-  template <typename T>
-  __device__ T operator()(T a, T b) const {
-    return a + b;
-  }
-};
-struct MinOp {
-  __device__ int64_t operator()(int64_t a, int64_t b) const { return a < b ? a : b; }
-};
-struct MaxOp {
-  __device__ int64_t operator()(int64_t a, int64_t b) const { return a > b ? a : b; }
-};
-
 // Mass of the residual, summed in double and rounded once (like every backend).
 __device__ float residual_mass(const float* t, const float* q, float scale, int64_t vocab,
                                double* smem) {
@@ -148,7 +112,7 @@ __device__ float residual_mass(const float* t, const float* q, float scale, int6
   for (int64_t v = threadIdx.x; v < vocab; v += kStochasticThreads) {
     sum += residual_at(t, q, scale, v);
   }
-  return static_cast<float>(block_reduce(sum, AddOp{}, smem));
+  return static_cast<float>(block_reduce(sum, SumOp{}, 0.0, smem));
 }
 
 // Inverse-CDF sample of the residual: the first v whose running (double) sum exceeds target;
@@ -181,8 +145,9 @@ __device__ int64_t sample_residual(const float* t, const float* q, float scale, 
     if (v < vocab && before + cum > target && v < first) first = v;
     carry += chunk;
   }
-  first = block_reduce(first, MinOp{}, reinterpret_cast<int64_t*>(smem));
-  last_positive = block_reduce(last_positive, MaxOp{}, reinterpret_cast<int64_t*>(smem));
+  first = block_reduce(first, MinOp{}, int64_t{INT64_MAX}, reinterpret_cast<int64_t*>(smem));
+  last_positive =
+      block_reduce(last_positive, MaxOp{}, int64_t{INT64_MIN}, reinterpret_cast<int64_t*>(smem));
   return first != INT64_MAX ? first : last_positive;
 }
 

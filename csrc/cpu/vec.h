@@ -1,0 +1,101 @@
+// SIMD helpers of the CPU kernels (paged attention, latent projections, sampling): the one scheme
+// by which a kernel is compiled once per instruction set and picked at run time.
+//
+//  - A kernel body is compiled several times, each copy under a target: a whole file included
+//    between PIPO_PUSH_TARGET(PIPO_TARGET_...) and PIPO_POP_TARGET() (attention_kernel.h,
+//    latent_tiles.h), or a function marked PIPO_TARGET(PIPO_TARGET_...) around an always-inline
+//    body (sampling's LM-head tile).
+//  - cpu_isa() names the best copy the running CPU supports; PIPO_CPU_ISA=generic|avx2|avx512|
+//    avx512bf16 caps it, so the tests run every copy the CPU has.
+//  - Portable 16-float vectors (GCC vector extensions, 64 bytes) for code that is written once and
+//    vectorised by each target: AVX-512 registers, AVX2 pairs or scalar code in the generic copy.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+// Target strings of the copies, for PIPO_PUSH_TARGET and PIPO_TARGET.
+#define PIPO_TARGET_AVX512_BF16 "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2"
+#define PIPO_TARGET_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2"
+#define PIPO_TARGET_AVX2 "avx2,fma,f16c"
+
+#define PIPO_PRAGMA_(x) _Pragma(#x)
+#define PIPO_PRAGMA_TARGET_(t) PIPO_PRAGMA_(GCC target(t))
+// Everything up to PIPO_POP_TARGET() is compiled for target t (templates included).
+#define PIPO_PUSH_TARGET(t) _Pragma("GCC push_options") PIPO_PRAGMA_TARGET_(t)
+#define PIPO_POP_TARGET() _Pragma("GCC pop_options")
+// One function compiled for target t.
+#define PIPO_TARGET(t) __attribute__((target(t)))
+#define PIPO_INLINE inline __attribute__((always_inline))
+
+namespace pipo::cpu {
+
+// The copies, in increasing order of what they need.
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+
+// The best copy this CPU runs (detected once).
+inline Isa best_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    const bool fma = __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    if (fma && __builtin_cpu_supports("avx2")) return Isa::kAvx2;
+    return Isa::kGeneric;
+  }();
+  return isa;
+#else
+  return Isa::kGeneric;
+#endif
+}
+
+// best_isa(), capped by PIPO_CPU_ISA (read at every call, so a test can change it).
+inline Isa cpu_isa() {
+  Isa isa = best_isa();
+  if (const char* env = std::getenv("PIPO_CPU_ISA"); env != nullptr && env[0] != '\0') {
+    const std::string name(env);
+    const Isa cap = name == "generic"  ? Isa::kGeneric
+                    : name == "avx2"   ? Isa::kAvx2
+                    : name == "avx512" ? Isa::kAvx512
+                                       : Isa::kAvx512Bf16;
+    TORCH_CHECK(cap != Isa::kAvx512Bf16 || name == "avx512bf16",
+                "PIPO_CPU_ISA: expected generic, avx2, avx512 or avx512bf16, got ", name);
+    if (static_cast<int>(cap) < static_cast<int>(isa)) isa = cap;
+  }
+  return isa;
+}
+
+// 16 floats / int32 / uint32 lanes. Values of these types never cross a call that is not inlined,
+// so GCC's -Wpsabi note (the ABI of 64-byte vectors) does not apply: silenced here, and by the
+// files that pass them between their own inlined functions.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+using vf16 = float __attribute__((vector_size(64)));
+using vi16 = int32_t __attribute__((vector_size(64)));
+using vu16 = uint32_t __attribute__((vector_size(64)));
+
+PIPO_INLINE vf16 load16(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+PIPO_INLINE void store16(float* p, const vf16& v) { std::memcpy(p, &v, sizeof(v)); }
+PIPO_INLINE vu16 load16(const uint32_t* p) {
+  vu16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+PIPO_INLINE void store16(uint32_t* p, const vu16& v) { std::memcpy(p, &v, sizeof(v)); }
+PIPO_INLINE vf16 splat16(float x) { return vf16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+PIPO_INLINE vu16 splat16(uint32_t x) {
+  return vu16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+#pragma GCC diagnostic pop
+
+}  // namespace pipo::cpu
