@@ -6,10 +6,12 @@ set before `import triton` (slow; meant for tests)."""
 
 from . import (
     fold_pairs,
+    fused_add_rmsnorm,
     kv_cache_append,
     kv_cache_compact,
     paged_attention,
     pair_out,
+    qk_norm_rope_append,
     sample_tokens,
     unfold_input,
     verify_tree,
@@ -18,10 +20,12 @@ from . import (
 
 __all__ = [
     "fold_pairs",
+    "fused_add_rmsnorm",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
+    "qk_norm_rope_append",
     "sample_tokens",
     "unfold_input",
     "verify_tree",

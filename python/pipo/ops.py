@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pipo_kernels import (
     fold_pairs,
+    fused_add_rmsnorm,
     kv_cache_append,
     kv_cache_compact,
     paged_attention,
     pair_out,
+    qk_norm_rope_append,
     sample_tokens,
     unfold_input,
     verify_tree,
@@ -21,10 +23,12 @@ from pipo_kernels import (
 __all__ = [
     "OPS",
     "fold_pairs",
+    "fused_add_rmsnorm",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
+    "qk_norm_rope_append",
     "resolve",
     "sample_tokens",
     "unfold_input",
@@ -42,6 +46,8 @@ OPS = (
     "paged_attention",
     "verify_tree",
     "verify_tree_stochastic",
+    "fused_add_rmsnorm",
+    "qk_norm_rope_append",
 )
 
 
