@@ -418,3 +418,33 @@ def test_cuda_skips_out_of_range_without_validation(monkeypatch):
     torch.testing.assert_close(args[0][2:], want[0][2:])
     assert_same(args[7], want[7])
     assert_same(args[8], want[8])
+
+
+# --- the model's kernel path and the benchmarks ----------------------------------------------------
+
+
+def test_decode_step_runs_no_eager_norm_or_rope_ops():
+    """One AR decode step of the built-in model on the kernel path: every norm and RoPE goes
+    through the fused ops (one qk_norm_rope_append per layer, 2 fused_add_rmsnorm per layer plus
+    the final norm), none of the eager chains' ops remain."""
+    from benchmarks.count_ops import count, make_step
+
+    step, model = make_step("pipo", "ar", None)
+    c = count(step)
+    layers = model.config.num_layers
+    assert c.ops["pipo.qk_norm_rope_append"] == layers
+    assert c.ops["pipo.fused_add_rmsnorm"] == 2 * layers + 1
+    for op in ("aten.pow", "aten.rsqrt", "aten.mean", "aten.neg", "aten.cat", "aten.add"):
+        assert c.ops[op] == 0, op
+
+
+def test_bench_fused_quick(tmp_path):
+    import json
+
+    from benchmarks import bench_fused
+
+    argv = ["--device", "cpu", "--quick", "--presets", "tiny", "--tokens", "1"]
+    bench_fused.main([*argv, "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "fused.json").read_text())["rows"]
+    assert {r["op"] for r in rows} == {"fused_add_rmsnorm", "qk_norm_rope_append"}
+    assert all(r["us"] > 0 and r["vs_baseline"] > 0 for r in rows)
