@@ -288,16 +288,17 @@ class _Decoder(nn.Module):
 
     def rope(self, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool):
         """The layers' ``rope`` argument: (cos, sin) of meta's positions on the plain path; with
-        kernels the cos/sin table over every position the cache can hold (built once per cache
-        size and device, so decode steps only index it)."""
+        kernels the cos/sin table over every position the cache can hold (built on first use and
+        when a larger cache or another device needs it, so decode steps only index it)."""
         c = self.config
         if not use_kernels:
             return rope_cos_sin(meta.positions, c.head_dim, c.rope_theta)
-        rows = cache.num_pages * cache.page_size
-        key = (rows, meta.positions.device)
-        if getattr(self, "_rope_table_key", None) != key:
-            self._rope_table = rope_table(rows, c.head_dim, c.rope_theta, meta.positions.device)
-            self._rope_table_key = key
+        rows, device = cache.num_pages * cache.page_size, meta.positions.device
+        table = getattr(self, "_rope_table", None)
+        # A larger table serves smaller caches too, so models shared by caches of different
+        # sizes do not rebuild it back and forth.
+        if table is None or table.device != device or table.shape[0] < rows:
+            self._rope_table = rope_table(rows, c.head_dim, c.rope_theta, device)
         return self._rope_table
 
     def run_layers(self, x, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool):
