@@ -21,6 +21,21 @@ inline float round_to(float x) {
   return static_cast<float>(static_cast<T>(x));
 }
 
+// Sum of squares in kLanes independent partial sums: a single running sum is a serial
+// dependency the compiler may not reorder (no -ffast-math), so it would not vectorise.
+constexpr int64_t kLanes = 16;
+
+inline float sum_squares(const float* x, int64_t n) {
+  float part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += x[i + l] * x[i + l];
+  for (; i < n; ++i) part[0] += x[i] * x[i];
+  float total = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) total += part[l];
+  return total;
+}
+
 // Rows per task: about 64 KiB of work each, so decode-sized batches stay on one thread.
 int64_t row_grain(int64_t row_elems) {
   return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(row_elems, 1));
@@ -33,13 +48,9 @@ void add_rmsnorm(T* x, T* residual, const T* weight, int64_t n, int64_t h, float
     for (int64_t row = begin; row < end; ++row) {
       T* xr = x + row * h;
       T* rr = residual + row * h;
-      float ss = 0.f;
-      for (int64_t i = 0; i < h; ++i) {
-        const float s = round_to<T>(static_cast<float>(rr[i]) + static_cast<float>(xr[i]));
-        buf[i] = s;
-        ss += s * s;
-      }
-      const float inv = 1.f / std::sqrt(ss / static_cast<float>(h) + eps);
+      for (int64_t i = 0; i < h; ++i)
+        buf[i] = round_to<T>(static_cast<float>(rr[i]) + static_cast<float>(xr[i]));
+      const float inv = 1.f / std::sqrt(sum_squares(buf.data(), h) / static_cast<float>(h) + eps);
       for (int64_t i = 0; i < h; ++i) {
         rr[i] = static_cast<T>(buf[i]);
         xr[i] = static_cast<T>(round_to<T>(buf[i] * inv) * static_cast<float>(weight[i]));
@@ -55,9 +66,7 @@ void norm_rope_head(const T* src, T* dst, const T* weight, const float* cos, con
                     int64_t d, int64_t half, float eps, float* buf) {
   for (int64_t i = 0; i < d; ++i) buf[i] = static_cast<float>(src[i]);
   if (weight != nullptr) {
-    float ss = 0.f;
-    for (int64_t i = 0; i < d; ++i) ss += buf[i] * buf[i];
-    const float inv = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+    const float inv = 1.f / std::sqrt(sum_squares(buf, d) / static_cast<float>(d) + eps);
     for (int64_t i = 0; i < d; ++i)
       buf[i] = round_to<T>(round_to<T>(buf[i] * inv) * static_cast<float>(weight[i]));
   }
