@@ -448,3 +448,45 @@ def test_bench_fused_quick(tmp_path):
     rows = json.loads((tmp_path / "fused.json").read_text())["rows"]
     assert {r["op"] for r in rows} == {"fused_add_rmsnorm", "qk_norm_rope_append"}
     assert all(r["us"] > 0 and r["vs_baseline"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False], ids=["qwen3", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@torch.no_grad()
+def test_model_layers_fused_match_eager(qk_norm, dtype):
+    """The decoder stack on the kernel path (fused ops) against the plain path, with and without
+    q/k norms, prefill then a decode step; the RoPE table is shared by a smaller second cache."""
+    from pipo_helpers import small_config
+
+    from pipo.model import ARModel
+
+    model = ARModel(small_config(qk_norm=qk_norm)).eval()
+    model.init_random(3, std=0.08)
+    model = model.to(dtype)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (7,), generator=g)
+    outs = []
+    for use_kernels in (False, True):
+        for pages in (8, 4):  # the second, smaller cache reuses the first one's table
+            cache = model.new_cache(num_pages=pages, page_size=4)
+            cache.reserve(0, 8)
+            meta = _meta(model, cache, 0, 7)
+            hidden = model(ids, meta, cache, use_kernels)
+            step = model(ids[:1], _meta(model, cache, 7, 1), cache, use_kernels)
+            outs.append((hidden, step, cache.k_caches[1].clone(), cache.v_caches[0].clone()))
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=5e-2, rtol=5e-2)
+    for ref, ker in zip(outs[:2], outs[2:], strict=True):
+        for a, b in zip(ref, ker, strict=True):
+            torch.testing.assert_close(b, a, **tol)
+
+
+def _meta(model, cache, start, n):
+    from pipo.model import AttnMeta
+
+    return AttnMeta(
+        positions=torch.arange(start, start + n),
+        slot_mapping=torch.tensor(cache.slots(0, start, start + n)),
+        block_table=cache.block_table([0]),
+        kv_lens=torch.tensor([start + n], dtype=torch.int32),
+        q_indptr=torch.tensor([0, n], dtype=torch.int32),
+    )
