@@ -8,6 +8,10 @@
 #include "pipo/fused.cuh"
 
 namespace pipo {
+
+// The host-side head_dim check (checked.cpp) and the kernel's staging buffer must agree.
+static_assert(kMaxRopeHeadDim == kMaxHeadDim);
+
 namespace {
 
 // Calls f(T{}) with T the CUDA element type of `dtype` (float32, float16 or bfloat16).
