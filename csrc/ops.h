@@ -42,6 +42,14 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cpu(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
+void fused_add_rmsnorm_cpu(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
+                           double eps);
+void qk_norm_rope_append_cpu(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const std::optional<at::Tensor>& q_norm_weight,
+                             const std::optional<at::Tensor>& k_norm_weight,
+                             const at::Tensor& cos_sin_cache, const at::Tensor& positions,
+                             at::Tensor& k_cache, at::Tensor& v_cache,
+                             const at::Tensor& slot_mapping, double eps);
 
 #ifdef PIPO_WITH_CUDA
 // Entry points (csrc/cuda/checked.cpp): argument checks, then the launch glue below.
@@ -79,6 +87,14 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
+void fused_add_rmsnorm_cuda(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
+                            double eps);
+void qk_norm_rope_append_cuda(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const std::optional<at::Tensor>& q_norm_weight,
+                              const std::optional<at::Tensor>& k_norm_weight,
+                              const at::Tensor& cos_sin_cache, const at::Tensor& positions,
+                              at::Tensor& k_cache, at::Tensor& v_cache,
+                              const at::Tensor& slot_mapping, double eps);
 
 // Launch glue (csrc/cuda/*.cu): arguments already checked.
 void kv_cache_append_cuda_launch(const at::Tensor& key, const at::Tensor& value,
@@ -115,6 +131,14 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda_launch(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
+void fused_add_rmsnorm_cuda_launch(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
+                                   double eps);
+void qk_norm_rope_append_cuda_launch(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const std::optional<at::Tensor>& q_norm_weight,
+                                     const std::optional<at::Tensor>& k_norm_weight,
+                                     const at::Tensor& cos_sin_cache, const at::Tensor& positions,
+                                     at::Tensor& k_cache, at::Tensor& v_cache,
+                                     const at::Tensor& slot_mapping, double eps);
 #endif
 
 }  // namespace pipo

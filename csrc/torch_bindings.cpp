@@ -57,6 +57,13 @@ TORCH_LIBRARY(pipo, m) {
       "pair_out(Tensor hidden, Tensor mtp_hidden, Tensor token1, Tensor token2, "
       "Tensor norm_weight, Tensor fc1_weight, Tensor fc2_weight, float threshold, int pad_id, "
       "float eps) -> (Tensor, Tensor)");
+  // In place: residual += x; x = rmsnorm(residual) * weight (the layer's add + next norm).
+  m.def("fused_add_rmsnorm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  // Per-head q/k RMSNorm + RoPE from a cos/sin table; q rotated in place, k/v appended to cache.
+  m.def(
+      "qk_norm_rope_append(Tensor(a!) q, Tensor k, Tensor v, Tensor? q_norm_weight, "
+      "Tensor? k_norm_weight, Tensor cos_sin_cache, Tensor positions, Tensor(b!) k_cache, "
+      "Tensor(c!) v_cache, Tensor slot_mapping, float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
@@ -69,6 +76,8 @@ TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cpu);
   m.impl("sample_tokens", &pipo::sample_tokens_cpu);
   m.impl("pair_out", &pipo::pair_out_cpu);
+  m.impl("fused_add_rmsnorm", &pipo::fused_add_rmsnorm_cpu);
+  m.impl("qk_norm_rope_append", &pipo::qk_norm_rope_append_cpu);
 }
 
 #ifdef PIPO_WITH_CUDA
@@ -82,5 +91,7 @@ TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cuda);
   m.impl("sample_tokens", &pipo::sample_tokens_cuda);
   m.impl("pair_out", &pipo::pair_out_cuda);
+  m.impl("fused_add_rmsnorm", &pipo::fused_add_rmsnorm_cuda);
+  m.impl("qk_norm_rope_append", &pipo::qk_norm_rope_append_cuda);
 }
 #endif

@@ -35,6 +35,7 @@ from ._backend import (  # noqa: E402
     triton_interpreting,
 )
 from .attention import paged_attention  # noqa: E402
+from .fused import fused_add_rmsnorm, qk_norm_rope_append  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
 from .latent import fold_pairs, unfold_input  # noqa: E402
 from .pair_out import pair_out  # noqa: E402
@@ -50,10 +51,12 @@ __all__ = [
     "__version__",
     "available_backends",
     "fold_pairs",
+    "fused_add_rmsnorm",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
+    "qk_norm_rope_append",
     "reference",
     "resolve",
     "sample_tokens",

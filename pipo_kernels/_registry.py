@@ -52,6 +52,8 @@ OPS: tuple[Op, ...] = (
     Op("paged_attention", "attention"),
     Op("verify_tree", "verify"),
     Op("verify_tree_stochastic", "verify"),
+    Op("fused_add_rmsnorm", "fused", mutates=("x", "residual")),
+    Op("qk_norm_rope_append", "fused", mutates=("q", "k_cache", "v_cache")),
 )
 
 NAMES: tuple[str, ...] = tuple(op.name for op in OPS)

@@ -7,11 +7,13 @@ import torch
 
 __all__ = [
     "fold_pairs",
+    "fused_add_rmsnorm",
     "gumbel_noise",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
+    "qk_norm_rope_append",
     "rms_norm",
     "rng_keys",
     "sample_tokens",
@@ -455,3 +457,61 @@ def pair_out(
     second = torch.where(commit, token2.to(torch.int64), torch.full_like(token2, pad_id))
     pairs = torch.stack([token1.to(torch.int64), second.to(torch.int64)], dim=1)
     return pairs, confidence.to(torch.float32)
+
+
+def fused_add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> None:
+    """In place: ``residual += x``; ``x = rmsnorm(residual) * weight``.
+
+    Rounded as the model's plain ``x = x + delta; RMSNorm(x)`` is: the sum is stored in the
+    residual's dtype, the norm reads that stored value, the normalised row is rounded to the dtype
+    before the weight multiplies it (Qwen3 / Llama RMSNorm). float64 inputs stay float64."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    r = (residual.to(acc) + x.to(acc)).to(residual.dtype)
+    rf = r.to(acc)
+    n = (rf * torch.rsqrt(rf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    out = (n.to(acc) * weight.to(acc)).to(x.dtype)
+    residual.copy_(r)
+    x.copy_(out)
+
+
+def _head_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """x [N, heads, D]: optional per-head RMSNorm, then rotate-half RoPE on the first rot_dim =
+    2 * cos.shape[-1] channels (the rest pass through), rounded to x's dtype after each step."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x.to(acc)
+    if weight is not None:
+        n = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        y = (n.to(acc) * weight.to(acc)).to(x.dtype).to(acc)
+    half = cos.shape[-1]
+    c, s = cos.to(acc).unsqueeze(1), sin.to(acc).unsqueeze(1)
+    x1, x2 = y[..., :half], y[..., half : 2 * half]
+    out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, y[..., 2 * half :]], dim=-1)
+    return out.to(x.dtype)
+
+
+def qk_norm_rope_append(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    cos_sin_cache: torch.Tensor,
+    positions: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    eps: float,
+) -> None:
+    """q/k-norm + RoPE + KV-cache append (docs/ops.md): q is rotated in place; the rotated k and
+    the unchanged v go to the cache slots (negative slots skip the cache write, not the q update).
+    cos_sin_cache [max_pos, rot_dim]: cos in the first rot_dim / 2 columns, sin in the rest."""
+    half = cos_sin_cache.shape[1] // 2
+    cs = cos_sin_cache[positions.long()]
+    cos, sin = cs[:, :half], cs[:, half:]
+    q.copy_(_head_norm_rope(q, q_norm_weight, cos, sin, eps))
+    k_rot = _head_norm_rope(k, k_norm_weight, cos, sin, eps)
+    kv_cache_append(k_rot, v, k_cache, v_cache, slot_mapping)

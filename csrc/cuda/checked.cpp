@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include "../attention.h"
+#include "../fused.h"
 #include "../kv_cache.h"
 #include "../latent.h"
 #include "../ops.h"
@@ -137,6 +138,35 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
   check_cuda(hidden, "hidden");
   return pair_out_cuda_launch(hidden, mtp_hidden, token1, token2, norm_weight, fc1_weight,
                               fc2_weight, threshold, pad_id, eps);
+}
+
+void fused_add_rmsnorm_cuda(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
+                            double eps) {
+  check_add_rmsnorm_args(x, residual, weight);
+  check_cuda(x, "x");
+  fused_add_rmsnorm_cuda_launch(x, residual, weight, eps);
+}
+
+void qk_norm_rope_append_cuda(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const std::optional<at::Tensor>& q_norm_weight,
+                              const std::optional<at::Tensor>& k_norm_weight,
+                              const at::Tensor& cos_sin_cache, const at::Tensor& positions,
+                              at::Tensor& k_cache, at::Tensor& v_cache,
+                              const at::Tensor& slot_mapping, double eps) {
+  check_qk_rope_args(q, k, v, q_norm_weight, k_norm_weight, cos_sin_cache, positions, k_cache,
+                     v_cache, slot_mapping);
+  check_cuda(q, "q");
+  TORCH_CHECK(k_cache.size(3) <= kMaxRopeHeadDim,
+              "k_cache: the CUDA kernel supports head_dim up to ", kMaxRopeHeadDim, ", got ",
+              k_cache.size(3));
+  // Out-of-range positions and slots are skipped by the kernel; PIPO_VALIDATE=1 reports them
+  // (needs a sync).
+  if (validate_enabled()) {
+    check_position_values(positions, cos_sin_cache.size(0));
+    check_slot_values(slot_mapping, num_slots(k_cache), "slot_mapping");
+  }
+  qk_norm_rope_append_cuda_launch(q, k, v, q_norm_weight, k_norm_weight, cos_sin_cache, positions,
+                                  k_cache, v_cache, slot_mapping, eps);
 }
 
 }  // namespace pipo

@@ -7,8 +7,10 @@ between two paths over one set of weights:
 
 - ``False``: plain PyTorch (nn.Linear, index writes into the cache, SDPA over each sequence's
   gathered keys). This is the reference the kernel path is tested against.
-- ``True``: the pipo ops through ``pipo.ops`` (fold_pairs, kv_cache_append, paged_attention,
-  sample_tokens, unfold_input, pair_out).
+- ``True``: the pipo ops through ``pipo.ops`` (fold_pairs, fused_add_rmsnorm,
+  qk_norm_rope_append, paged_attention, sample_tokens, unfold_input, pair_out). The residual
+  stream then lives in one buffer per forward that fused_add_rmsnorm updates in place (each
+  layer's residual add fused with the next norm), and RoPE reads a precomputed cos/sin table.
 
 Weight names follow Hugging Face's Qwen3 without the ``model.`` prefix, so a Qwen3 checkpoint maps
 onto ``ARModel`` key for key.
@@ -105,6 +107,17 @@ def rope_cos_sin(
     return emb.cos(), emb.sin()
 
 
+def rope_table(
+    num_positions: int, head_dim: int, theta: float, device, scaling: dict | None = None
+) -> torch.Tensor:
+    """float32 [num_positions, head_dim]: row p is [cos(p * inv_freq), sin(p * inv_freq)], the
+    cos_sin_cache of qk_norm_rope_append, with the same values rope_cos_sin gives position p
+    (``scaling``: the config's rope_scaling, e.g. llama3)."""
+    cos, sin = rope_cos_sin(torch.arange(num_positions, device=device), head_dim, theta, scaling)
+    half = head_dim // 2
+    return torch.cat([cos[:, :half], sin[:, :half]], dim=1).contiguous()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [N, heads, D] rotated by cos/sin [N, D] (rotate-half convention)."""
     half = x.shape[-1] // 2
@@ -147,18 +160,31 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
         self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        self.eps = c.rms_norm_eps
         self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else nn.Identity()
         self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else nn.Identity()
 
     def forward(self, x, meta: AttnMeta, rope, k_cache, v_cache, use_kernels: bool):
+        """x [N, H] -> [N, H]; writes the N tokens' K/V. ``rope``: (cos, sin) [N, D] from
+        rope_cos_sin on the plain path, the rope_table [max_pos, D] with kernels."""
         n = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(n, self.heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).view(n, self.kv_heads, self.head_dim))
+        q = self.q_proj(x).view(n, self.heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if use_kernels:
-            ops.kv_cache_append(
-                key=k, value=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=meta.slot_mapping
+            qk_norm = isinstance(self.q_norm, RMSNorm)
+            ops.qk_norm_rope_append(  # q rotated in place; the rotated k and v go to the cache
+                q=q,
+                k=k,
+                v=v,
+                q_norm_weight=self.q_norm.weight if qk_norm else None,
+                k_norm_weight=self.k_norm.weight if qk_norm else None,
+                cos_sin_cache=rope,
+                positions=meta.positions,
+                k_cache=k_cache,
+                v_cache=v_cache,
+                slot_mapping=meta.slot_mapping,
+                eps=self.eps,
             )
             o = ops.paged_attention(
                 q=q,
@@ -170,6 +196,7 @@ class Attention(nn.Module):
                 tree_mask=meta.tree_mask,
             )
         else:
+            q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
             keep = meta.slot_mapping >= 0
             k_cache.flatten(0, 1)[meta.slot_mapping[keep]] = k[keep]
             v_cache.flatten(0, 1)[meta.slot_mapping[keep]] = v[keep]
@@ -197,8 +224,37 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(c)
 
     def forward(self, x, meta, rope, k_cache, v_cache, use_kernels):
+        """x [N, H] -> [N, H] (``rope`` as in Attention.forward)."""
+        if use_kernels:  # a stream of its own; the model's stacks chain forward_fused instead
+            residual = torch.zeros_like(x)
+            delta = self.forward_fused(x.clone(), residual, meta, rope, k_cache, v_cache)
+            return residual + delta
         x = x + self.self_attn(self.input_layernorm(x), meta, rope, k_cache, v_cache, use_kernels)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_fused(self, delta, residual, meta, rope_table, k_cache, v_cache):
+        """The kernel path, one layer later in the residual stream than ``forward``: adds delta
+        [N, H] (the previous layer's MLP output; overwritten) into residual [N, H] (updated in
+        place), and returns this layer's MLP output, which the next fused_add_rmsnorm adds."""
+        norm = self.input_layernorm
+        ops.fused_add_rmsnorm(x=delta, residual=residual, weight=norm.weight, eps=norm.eps)
+        a = self.self_attn(delta, meta, rope_table, k_cache, v_cache, True)
+        norm = self.post_attention_layernorm
+        ops.fused_add_rmsnorm(x=a, residual=residual, weight=norm.weight, eps=norm.eps)
+        return self.mlp(a)
+
+
+def run_fused(layers, x, final_norm: RMSNorm, meta, rope_table, k_caches, v_caches):
+    """Decoder layers then the final norm on the kernel path: x [N, H] (overwritten) -> [N, H].
+
+    The residual stream starts at zero, so the first fused_add_rmsnorm adds x into it exactly
+    (0 + x) and needs no separate first norm; the last one adds the final MLP output and applies
+    the final norm."""
+    residual = torch.zeros_like(x)
+    for layer, k_cache, v_cache in zip(layers, k_caches, v_caches, strict=True):
+        x = layer.forward_fused(x, residual, meta, rope_table, k_cache, v_cache)
+    ops.fused_add_rmsnorm(x=x, residual=residual, weight=final_norm.weight, eps=final_norm.eps)
+    return x
 
 
 class _Decoder(nn.Module):
@@ -248,11 +304,29 @@ class _Decoder(nn.Module):
                 else:
                     p.copy_(torch.randn(p.shape, generator=g) * std)
 
+    def rope(self, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool):
+        """The layers' ``rope`` argument: (cos, sin) of meta's positions on the plain path; with
+        kernels the cos/sin table over every position the cache can hold (built on first use and
+        when a larger cache or another device needs it, so decode steps only index it)."""
+        c = self.config
+        if not use_kernels:
+            return rope_cos_sin(meta.positions, c.head_dim, c.rope_theta, c.rope_scaling)
+        rows, device = cache.num_pages * cache.page_size, meta.positions.device
+        table = getattr(self, "_rope_table", None)
+        # A larger table serves smaller caches too, so models shared by caches of different
+        # sizes do not rebuild it back and forth.
+        if table is None or table.device != device or table.shape[0] < rows:
+            self._rope_table = rope_table(rows, c.head_dim, c.rope_theta, device, c.rope_scaling)
+        return self._rope_table
+
     def run_layers(self, x, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool):
-        """The decoder stack and final norm over packed inputs x [N, H] -> [N, H]."""
-        rope = rope_cos_sin(
-            meta.positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
-        )
+        """The decoder stack and final norm over packed inputs x [N, H] -> [N, H] (with kernels,
+        x is overwritten)."""
+        rope = self.rope(meta, cache, use_kernels)
+        if use_kernels:
+            n = len(self.layers)  # a PIPO cache holds the MTP layer's K/V after these
+            kv = cache.k_caches[:n], cache.v_caches[:n]
+            return run_fused(self.layers, x, self.norm, meta, rope, *kv)
         for i, layer in enumerate(self.layers):
             x = layer(x, meta, rope, cache.k_caches[i], cache.v_caches[i], use_kernels)
         return self.norm(x)
@@ -388,9 +462,9 @@ class MTPHead(nn.Module):
                 weight=self.fc.weight,
                 eps=self.eps,
             )
-        else:
-            e = self.embed_norm(F.embedding(token_ids, embedding))
-            x = self.fc(torch.cat([e, self.hidden_norm(hidden)], dim=-1))
+            return run_fused([self.layer], x, self.norm, meta, rope, [k_cache], [v_cache])
+        e = self.embed_norm(F.embedding(token_ids, embedding))
+        x = self.fc(torch.cat([e, self.hidden_norm(hidden)], dim=-1))
         return self.norm(self.layer(x, meta, rope, k_cache, v_cache, use_kernels))
 
 
@@ -471,9 +545,7 @@ class PIPOModel(_Decoder):
     def mtp_forward(self, token1, hidden, meta: AttnMeta, cache: PagedKVCache, use_kernels=False):
         """token1 int64 [N], backbone hidden [N, H] -> MTP hidden states [N, H] (m_i; predicts
         token2); writes the MTP layer's K/V at meta's slots."""
-        rope = rope_cos_sin(
-            meta.positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling
-        )
+        rope = self.rope(meta, cache, use_kernels)
         layer = self.config.num_layers
         return self.mtp(
             token1,

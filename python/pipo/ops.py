@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pipo_kernels import (
     fold_pairs,
+    fused_add_rmsnorm,
     kv_cache_append,
     kv_cache_compact,
     paged_attention,
     pair_out,
+    qk_norm_rope_append,
     sample_tokens,
     unfold_input,
     verify_tree,
@@ -25,10 +27,12 @@ from pipo_kernels._registry import get as _get
 __all__ = [
     "OPS",
     "fold_pairs",
+    "fused_add_rmsnorm",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
     "pair_out",
+    "qk_norm_rope_append",
     "resolve",
     "sample_tokens",
     "unfold_input",
