@@ -20,15 +20,7 @@ from functools import partial
 import torch
 
 import pipo_kernels
-from benchmarks.common import (
-    PRESETS,
-    bench_parser,
-    copy_bandwidth_gbs,
-    format_table,
-    progress,
-    time_fn,
-    write_results,
-)
+from benchmarks.common import PRESETS, Case, bench_parser, run_cases
 from pipo.model import RMSNorm, apply_rope
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -83,10 +75,10 @@ def baseline_norm(x, residual, norm):
     return norm(residual + x)
 
 
-def baseline_rope(r, backend):
+def baseline_rope(r):
     q = apply_rope(r["norms"][0](r["q"]), r["cos"], r["sin"])
     k = apply_rope(r["norms"][1](r["k"]), r["cos"], r["sin"])
-    pipo_kernels.kv_cache_append(k, r["v"], r["k_cache"], r["v_cache"], r["slots"], backend=backend)
+    pipo_kernels.kv_cache_append(k, r["v"], r["k_cache"], r["v_cache"], r["slots"])
     return q
 
 
@@ -107,101 +99,49 @@ def fused_rope(r, backend):
     )
 
 
+def fused_norm(x, residual, norm, backend):
+    pipo_kernels.fused_add_rmsnorm(x, residual, norm.weight, EPS, backend=backend)
+
+
+def cases(presets, token_counts, dtype, device):
+    elem = torch.empty((), dtype=dtype).element_size()
+    for preset, tokens in itertools.product(presets, token_counts):
+        x, residual, norm = make_norm(preset, tokens, dtype, device)
+        h = x.shape[1]
+        # Each call of the in-place op changes x and residual; rows stay finite (x is a norm
+        # output from the second call on), so repeated timing is representative.
+        yield Case(
+            dict(op="fused_add_rmsnorm", preset=preset, tokens=tokens),
+            partial(fused_norm, x, residual, norm),
+            {"baseline": partial(baseline_norm, x, residual, norm)},
+            op="fused_add_rmsnorm",
+            bytes=(4 * tokens * h + h) * elem,
+        )
+        r = make_rope(preset, tokens, dtype, device)
+        p = PRESETS[preset]
+        d, hq, hkv = p["head_dim"], p["q_heads"], p["kv_heads"]
+        # q read + written; k and v read, written to the cache; table row, position, slot.
+        # A fresh copy of q per call is not needed: RoPE of a rotated q costs the same.
+        yield Case(
+            dict(op="qk_norm_rope_append", preset=preset, tokens=tokens),
+            partial(fused_rope, r),
+            {"baseline": partial(baseline_rope, r)},
+            op="qk_norm_rope_append",
+            bytes=tokens * ((2 * hq + 4 * hkv) * d * elem + d * 4 + 16) + 2 * d * elem,
+        )
+
+
 def run(args) -> list[dict]:
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    copy_gbs = copy_bandwidth_gbs(device)
     presets = args.presets or (["tiny", "qwen3-4b"] if args.quick else list(PRESETS))
     token_counts = args.tokens or ([1, 256] if args.quick else [1, 16, 256, 4096])
-    budget = 0.2 if args.quick else 0.5
-    elem = torch.empty((), dtype=dtype).element_size()
-    rows = []
-
-    def backends(op):
-        return [
-            b
-            for b in pipo_kernels.available_backends(op, device)
-            if not (b == "triton" and device.type == "cpu" and not args.triton)
-        ]
-
-    def measure(op, preset, tokens, moved, baseline, kernel):
-        for backend in backends(op):
-            base = time_fn(partial(baseline, backend=backend), device, budget_s=budget)
-            t = time_fn(partial(kernel, backend=backend), device, budget_s=budget)
-            gbs = moved / (t.median_ms * 1e-3) / 1e9
-            rows.append(
-                dict(
-                    op=op,
-                    preset=preset,
-                    tokens=tokens,
-                    backend=backend,
-                    us=t.median_ms * 1e3,
-                    baseline_us=base.median_ms * 1e3,
-                    gbs=gbs,
-                    vs_baseline=base.median_ms / t.median_ms,
-                    frac_copy_bw=gbs / copy_gbs,
-                    runs=t.runs,
-                )
-            )
-
     with torch.no_grad():
-        for preset, tokens in progress(
-            list(itertools.product(presets, token_counts)), desc="fused"
-        ):
-            x, residual, norm = make_norm(preset, tokens, dtype, device)
-            h = x.shape[1]
-            # Each call of the in-place op changes x and residual; rows stay finite (x is a norm
-            # output from the second call on), so repeated timing is representative.
-            measure(
-                "fused_add_rmsnorm",
-                preset,
-                tokens,
-                (4 * tokens * h + h) * elem,
-                lambda backend, a=(x, residual, norm): baseline_norm(*a),
-                lambda backend, a=(x, residual, norm): pipo_kernels.fused_add_rmsnorm(
-                    a[0], a[1], a[2].weight, EPS, backend=backend
-                ),
-            )
-            r = make_rope(preset, tokens, dtype, device)
-            p = PRESETS[preset]
-            d, hq, hkv = p["head_dim"], p["q_heads"], p["kv_heads"]
-            # q read + written; k and v read, written to the cache; table row, position, slot.
-            moved = tokens * ((2 * hq + 4 * hkv) * d * elem + d * 4 + 16) + 2 * d * elem
-            # A fresh copy of q per call is not needed: RoPE of a rotated q costs the same.
-            measure(
-                "qk_norm_rope_append",
-                preset,
-                tokens,
-                moved,
-                partial(baseline_rope, r),
-                partial(fused_rope, r),
-            )
-    path = write_results(
-        "fused",
-        device,
-        rows,
-        {"copy_bandwidth_gbs": copy_gbs, "dtype": args.dtype},
-        out_dir=args.out,
-    )
-    print(f"device {device} | copy bandwidth (read+write) {copy_gbs:.1f} GB/s | dtype {args.dtype}")
-    print(
-        format_table(
-            rows,
-            [
-                ("op", "op", ""),
-                ("preset", "preset", ""),
-                ("tokens", "tokens", "d"),
-                ("backend", "backend", ""),
-                ("us", "median µs", ".1f"),
-                ("baseline_us", "baseline µs", ".1f"),
-                ("gbs", "GB/s", ".1f"),
-                ("vs_baseline", "x baseline", ".2f"),
-                ("frac_copy_bw", "of copy BW", ".0%"),
-            ],
+        return run_cases(
+            "fused",
+            args,
+            lambda device, _: cases(presets, token_counts, DTYPES[args.dtype], device),
+            [("op", "op", ""), ("preset", "preset", ""), ("tokens", "tokens", "d")],
+            extra={"dtype": args.dtype},
         )
-    )
-    print(f"results: {path}")
-    return rows
 
 
 def main(argv=None) -> None:
@@ -209,9 +149,6 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--presets", nargs="*", choices=list(PRESETS))
     parser.add_argument("--tokens", nargs="*", type=int)
-    parser.add_argument(
-        "--triton", action="store_true", help="also time Triton on CPU (interpreted: slow)"
-    )
     run(parser.parse_args(argv))
 
 
