@@ -6,7 +6,7 @@
     pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
     pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
 
-Prints the generated text, then one line of statistics. Without ``--model`` it uses the built-in
+Prints the generated text as it is emitted, and one line of statistics to stderr. Without ``--model`` it uses the built-in
 checkpoints under ``pipo/checkpoints/{pipo,ar}/`` (byte-level models trained on the Python standard
 library, docs/training.md).
 """
@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--draft-steps", type=int, default=1)
     g.add_argument("--num-pages", type=int, default=1024)
     g.add_argument("--page-size", type=int, default=16)
-    g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
+    g.add_argument(
+        "--cuda-graphs", action="store_true", help="capture decode steps (default on CUDA)"
+    )
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     _add_bench_parser(sub)
     _add_train(sub)
@@ -206,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_size=1,
         draft_topk=args.draft_topk,
         draft_steps=args.draft_steps,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs or None,  # None: on for CUDA
     )
-    (result,) = engine.generate([Request(prompt, params)])
-    print(result.text)
-    print(engine.stats.line() + f" finish={result.finish_reason}")
+    for _, piece in engine.stream([Request(prompt, params)]):  # text as it is emitted
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print()
+    (result,) = engine.results
+    print(engine.stats.line() + f" finish={result.finish_reason}", file=sys.stderr)
     if result.error:
         print(f"pipo: {result.error}", file=sys.stderr)
         return 1
