@@ -25,7 +25,7 @@ from pipo.config import preset
 from pipo.engine import Engine, Request, SamplingParams
 
 
-def engine_for(models, mode: str, threshold: float, batch: int) -> Engine:
+def engine_for(models, mode: str, threshold: float, batch: int, **kw) -> Engine:
     return Engine(
         models[mode],
         mode=mode,
@@ -33,6 +33,7 @@ def engine_for(models, mode: str, threshold: float, batch: int) -> Engine:
         num_pages=64 * batch,
         page_size=16,
         max_batch_size=batch,
+        **kw,
     )
 
 
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.5])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="also the torch.compile'd step (compile_step)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = preset("tiny")
@@ -64,6 +68,12 @@ def main() -> None:
     configs = [("ar", 0.0, False), ("ar", 0.0, True)]
     configs += [("pipo", t, False) for t in args.thresholds] + [("pipo", 0.0, True)]
     engines = {c: engine_for(models, c[0], c[1], args.batch) for c in configs}
+    if args.compile:
+        compiled = [("ar", 0.0, False, "compiled")]
+        compiled += [("pipo", t, False, "compiled") for t in args.thresholds]
+        for c in compiled:
+            engines[c] = engine_for(models, c[0], c[1], args.batch, compile_step=True)
+        configs += compiled
     for c, e in engines.items():  # warm-up
         generate(e, args, c[2])
     rows: dict[tuple, list] = {c: [] for c in configs}
@@ -76,12 +86,16 @@ def main() -> None:
         f"1 thread, medians of {args.repeats} interleaved rounds"
     )
     print(f"{'config':<24}{'tokens/s':>10}{'x ar':>7}{'ms/step':>9}{'tok/pass':>9}{'ttft ms':>9}")
-    for (mode, t, sampled), stats in rows.items():
+    for (mode, t, sampled, *compiled), stats in rows.items():
         tps = statistics.median(x.tokens_per_s for x in stats)
         step = statistics.median(x.tpot_s * x.tokens_per_pass for x in stats) * 1e3
         ttft = statistics.median(x.ttft_s for x in stats) * 1e3
         name = f"{mode}{f' θ={t}' if mode == 'pipo' else ''}{' T=0.8/p=0.95' if sampled else ''}"
-        ratio = tps / ar_tps[int(sampled)]
+        base = ar_tps[int(sampled)]
+        if compiled:
+            name += " compiled"
+            base = statistics.median(x.tokens_per_s for x in rows[("ar", 0.0, False, "compiled")])
+        ratio = tps / base
         print(
             f"{name:<24}{tps:>10.1f}{ratio:>7.2f}{step:>9.3f}"
             f"{stats[0].tokens_per_pass:>9.2f}{ttft:>9.2f}"

@@ -198,6 +198,16 @@ def test_stream_gives_the_text(models, mode):
     assert [r.text for r in engine.results] == [r.text for r in want]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ar", "pipo"])
+def test_compiled_step_equals_eager(models, mode):
+    """compile_step: torch.compile of the same step function (one request: one compilation)."""
+    requests = [Request("Hello", SamplingParams(max_new_tokens=12, ignore_eos=True))]
+    want = make_engine(models, mode).generate(requests)
+    got = make_engine(models, mode, compile_step=True).generate(requests)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["ar", "pipo", "spec"])
 def test_cuda_kernel_path_matches_cpu_reference(models, mode):

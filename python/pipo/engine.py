@@ -58,7 +58,6 @@ class _Seq:
         self.filled = 0  # prompt entries prefilled so far
         self.decoding = False  # prompt in the cache: the request decodes
         self.stall: CacheFullError | None = None  # no page for the next step
-        self.last: list[int] = []  # spec: unused by the round (kept for symmetry)
         self.d_len = 0  # spec: drafter pairs that are final (equal to the committed text)
         self.d_mtp = 0  # spec: drafter MTP entries that are final
         self.t_first: float | None = None  # perf_counter() when the first token was emitted
@@ -92,6 +91,8 @@ class Engine:
         prefill_chunk: most prompt entries (tokens, or pairs in mode pipo) per prefill pass;
             longer prompts are split and other requests decode between the chunks.
         overlap: read each iteration's tokens one iteration late (see the module docstring).
+        compile_step: ``torch.compile`` the decode step of modes "ar" / "pipo" (inductor; one
+            compilation per batch bucket and block-table width, tens of seconds each on a CPU).
 
     Example::
 
@@ -119,6 +120,7 @@ class Engine:
         cuda_graphs: bool | None = None,
         prefill_chunk: int = 512,
         overlap: bool = False,
+        compile_step: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -177,6 +179,9 @@ class Engine:
             self.impl._reserve, self.impl._emit = self._reserve, self._emit
         self.state: BatchState | None = None
         self.graphs = None
+        self._step_fn = self.impl.step
+        if compile_step and self.impl.static:
+            self._step_fn = torch.compile(self.impl.step, dynamic=False)
         if self.impl.static:
             self.state = BatchState(
                 max_batch_size,
@@ -190,7 +195,7 @@ class Engine:
             if cuda_graphs:
                 from .cuda_graphs import StepGraphs
 
-                self.graphs = StepGraphs(self.impl.step, self.state, self.device)
+                self.graphs = StepGraphs(self._step_fn, self.state, self.device)
         self.stats = Stats(mode)
         self._events: list[tuple[_Seq, int]] = []
 
@@ -319,7 +324,7 @@ class Engine:
         if self.graphs is not None:
             self.graphs.run(bucket(n, cap=self.max_batch_size), penalty)
         else:
-            self.impl.step(self.state.view(n), penalty)
+            self._step_fn(self.state.view(n), penalty)
 
     def _snapshot(self, n: int):
         """This iteration's emitted tokens, int64 [n, 2], kept until they are read: a pinned host

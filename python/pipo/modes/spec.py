@@ -46,7 +46,9 @@ class SpecMode(Mode):
         return [(self.vcache, n - 1), (self.cache, (n + 1) // 2)]
 
     def _tensor(self, values, dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+        """Host values on the device, copied from pinned memory on CUDA."""
+        pin = self.device.type == "cuda"
+        return torch.tensor(values, dtype=dtype, pin_memory=pin).to(self.device, non_blocking=True)
 
     def _meta(
         self,
