@@ -161,8 +161,8 @@ def test_pages_released_on_every_exit_path(models, monkeypatch):
             assert cache.num_free_pages == cache.num_pages
         calls = []
 
-        name = "step" if mode != "spec" else "round"
-        orig = getattr(engine.impl, name)
+        target, name = (engine, "_step_fn") if mode != "spec" else (engine.impl, "round")
+        orig = getattr(target, name)
 
         def failing(*a, _orig=orig, _calls=calls, **k):
             _calls.append(1)
@@ -170,7 +170,7 @@ def test_pages_released_on_every_exit_path(models, monkeypatch):
                 raise RuntimeError("boom")
             return _orig(*a, **k)
 
-        monkeypatch.setattr(engine.impl, name, failing)
+        monkeypatch.setattr(target, name, failing)
         with pytest.raises(RuntimeError, match="boom"):
             engine.generate(requests)
         for cache in engine._caches():
