@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import subprocess
 import sys
@@ -147,6 +148,28 @@ def test_chunked_prefill(models, mode):
     assert [r.token_ids for r in chunked] == [r.token_ids for r in whole]
     # The short request decodes while the long prompt is still being written chunk by chunk.
     assert order.index(1) > 5 and order[:5] == [0] * 5
+
+
+@pytest.mark.parametrize("mode", ["ar", "pipo"])
+def test_block_table_width_follows_the_longest_context(models, mode):
+    seen = []  # (block-table width, pages of the longest live request) at each step
+    engine = make_engine(models, mode, num_pages=512, page_size=4)
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    requests = [Request("Hi", params), Request("Hello there", replace(params, max_new_tokens=8))]
+    step = engine._step_fn
+
+    def recorded(view, penalty):
+        pages = max(len(engine.cache.pages(r)) for r in (0, 1))
+        seen.append((view.table.shape[1], pages))
+        step(view, penalty)
+
+    engine._step_fn = recorded
+    engine.generate(requests)
+    assert all(pages <= width < 2 * pages for width, pages in seen), seen  # a power of two
+    widths = [w for w, _ in seen]
+    assert max(widths) < 512  # never the whole cache
+    # it also shrinks: once the other request is retired, the table follows "Hi" alone
+    assert any(b < a for a, b in itertools.pairwise(widths))
 
 
 def test_pages_released_on_every_exit_path(models, monkeypatch):
