@@ -356,12 +356,15 @@ def test_pages_are_reused(models, mode):
         assert cache.num_free_pages == cache.num_pages
 
 
-@pytest.mark.parametrize("mode", ["ar", "pipo", "spec"])
-def test_out_of_pages_leaves_other_requests_intact(models, mode):
+@pytest.mark.parametrize(
+    "mode,overlap", [("ar", False), ("pipo", False), ("spec", False), ("ar", True), ("pipo", True)]
+)
+def test_out_of_pages_leaves_other_requests_intact(models, mode, overlap):
     short = SamplingParams(max_new_tokens=8, ignore_eos=True)
     long = SamplingParams(max_new_tokens=200, ignore_eos=True)
     (alone,), _ = run(models, mode, ["Hi"], short)
-    engine = make_engine(models, mode, num_pages=10, page_size=4)
+    kw = dict(overlap=True) if overlap else {}
+    engine = make_engine(models, mode, num_pages=10, page_size=4, **kw)
     results = engine.generate([Request("Hello", long), Request("Hi", short)])
     assert results[0].finish_reason == "cache_full"
     assert "KV cache full" in results[0].error and len(results[0].token_ids) < 200

@@ -89,7 +89,8 @@ class Engine:
         cuda_graphs: capture the decode step of modes "ar" / "pipo" (None: on for CUDA with
             kernels). On a CPU, True runs the same bucket-padded step eagerly.
         prefill_chunk: most prompt entries (tokens, or pairs in mode pipo) per prefill pass;
-            longer prompts are split and other requests decode between the chunks.
+            longer prompts are split and other requests decode between the chunks (modes ar
+            and pipo; spec prefills each admitted prompt in one pass).
         overlap: read each iteration's tokens one iteration late (see the module docstring).
         compile_step: ``torch.compile`` the decode step of modes "ar" / "pipo" (inductor; one
             compilation per batch bucket and block-table width, tens of seconds each on a CPU).
@@ -192,6 +193,11 @@ class Engine:
             )
             if cuda_graphs is None:
                 cuda_graphs = self.device.type == "cuda" and use_kernels
+            if cuda_graphs and self.device.type == "cuda" and not use_kernels:
+                raise ValueError(
+                    "cuda_graphs: the reference path (use_kernels=False) reads tensors on the "
+                    "host inside a step and cannot be captured; use the kernels"
+                )
             if cuda_graphs:
                 from .cuda_graphs import StepGraphs
 
