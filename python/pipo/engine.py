@@ -181,7 +181,8 @@ class Engine:
         self.state: BatchState | None = None
         self.graphs = None
         self._step_fn = self.impl.step
-        if compile_step and self.impl.static:
+        self._compiled = compile_step and self.impl.static
+        if self._compiled:
             self._step_fn = torch.compile(self.impl.step, dynamic=False)
         if self.impl.static:
             self.state = BatchState(
@@ -329,6 +330,8 @@ class Engine:
     def _step(self, n: int, penalty: bool) -> None:
         if self.graphs is not None:
             self.graphs.run(bucket(n, cap=self.max_batch_size), penalty)
+        elif self._compiled:  # bucketed sizes bound the recompilations
+            self._step_fn(self.state.view(bucket(n, cap=self.max_batch_size)), penalty)
         else:
             self._step_fn(self.state.view(n), penalty)
 
