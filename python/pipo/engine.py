@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
@@ -39,6 +40,14 @@ from .tokenizer import ByteTokenizer
 __all__ = ["MODES", "Engine", "Request", "Result", "SamplingParams", "Stats"]
 
 MODES = ("ar", "pipo", "spec")
+
+
+class Tokenizer(Protocol):
+    """What the engine needs of a tokenizer (ByteTokenizer, or a Hugging Face one's wrapper)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
 
 class _Seq:
@@ -110,7 +119,7 @@ class Engine:
         *,
         mode: str = "pipo",
         verifier: ARModel | None = None,
-        tokenizer=None,
+        tokenizer: Tokenizer | None = None,
         use_kernels: bool = True,
         threshold: float = 0.5,
         num_pages: int = 512,

@@ -3,7 +3,7 @@
 Tokens are drawn only by ``sample_tokens`` (kernels, or its pure-PyTorch backend on the reference
 path). These helpers give the distribution it draws from, as spec mode's stochastic verification
 needs it: presence penalty on the float32 logits, then temperature, then top-k, then top-p
-(OPS.md §3).
+(docs/ops.md §3).
 """
 
 from __future__ import annotations
