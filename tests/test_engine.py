@@ -137,9 +137,10 @@ def test_one_device_to_host_transfer_per_step(models, mode, overlap, monkeypatch
 @pytest.mark.parametrize("mode", ["ar", "pipo"])
 def test_chunked_prefill(models, mode):
     long_prompt = "A long prompt that takes several prefill chunks to write. " * 2
+    sampled = SamplingParams(ignore_eos=True, temperature=0.8, presence_penalty=1.5, seed=5)
     requests = [
-        Request("Hi", SamplingParams(max_new_tokens=30, ignore_eos=True)),
-        Request(long_prompt, SamplingParams(max_new_tokens=10, ignore_eos=True)),
+        Request("Hi", replace(sampled, max_new_tokens=30)),
+        Request(long_prompt, replace(sampled, max_new_tokens=10)),
     ]
     whole = make_engine(models, mode, page_size=4).generate(requests)
     order = []
