@@ -127,8 +127,11 @@ def run_config(args, models, mode: str, batch: int, prompt_len: int, device) -> 
         page_size=page_size,
         max_batch_size=batch,
         cuda_graphs=args.cuda_graphs and mode != "spec",
+        compile_step=args.compile and mode != "spec",
     )
-    params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
+    params = SamplingParams(
+        max_new_tokens=args.new_tokens, ignore_eos=True, presence_penalty=args.presence_penalty
+    )
     if args.preset == "builtin":
         prompts = [prompt_text_ids(prompt_len, seed=i) for i in range(batch)]
     else:
@@ -212,6 +215,8 @@ def run(args) -> list[dict]:
         "dtype": args.dtype,
         "kernels": not args.no_kernels,
         "cuda_graphs": args.cuda_graphs,
+        "compile_step": args.compile,
+        "presence_penalty": args.presence_penalty,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "threshold": args.threshold,
@@ -277,6 +282,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the ar / pipo decode step"
+    )
+    parser.add_argument(
+        "--presence-penalty", type=float, default=0.0, help="e.g. 1.5, PIPO's published setting"
+    )
     parser.add_argument("--tag", default="", help="suffix of the JSON name: e2e_<preset>_<tag>")
     args = parser.parse_args(argv)
     gpu = args.device != "cpu"

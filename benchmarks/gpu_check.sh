@@ -104,6 +104,10 @@ if has_step e2e; then
   run_step e2e_batch1 "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
     --batch 1 --prompt-lens 4096 16384 1024 128 --modes ar pipo --new-tokens "$E2E_NEW_TOKENS" \
     --repeats 1 --tag b1
+  # PIPO's published setting: presence penalty 1.5 (inside the CUDA graphs, seen bitmask on device)
+  run_step e2e_penalty "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
+    --batch 1 8 --prompt-lens 1024 --modes ar pipo --new-tokens "$E2E_NEW_TOKENS" \
+    --presence-penalty 1.5 --repeats 1 --tag penalty
   run_step e2e_batched "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
     --batch 8 32 --prompt-lens 128 2048 --modes ar pipo --new-tokens "$E2E_NEW_TOKENS" \
     --repeats 1 --tag batched

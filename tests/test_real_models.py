@@ -503,7 +503,7 @@ def test_cli_convert_and_generate_on_a_tiny_gguf(tmp_path, capsys):
     for model in (tmp_path / "m", path):
         argv = ["generate", "--model", str(model), "--mode", "ar", "--max-new-tokens", "3"]
         assert cli.main([*argv, "--prompt", "the", "--chat", "--device", "cpu"]) == 0
-        assert "new_tokens=" in capsys.readouterr().out
+        assert "new_tokens=" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- SmolLM2 (opt-in)

@@ -9,9 +9,9 @@
     pipo generate --model ~/.cache/pipo/smollm2-135m-instruct --mode ar --chat --prompt "Hi"
     pipo convert model.gguf --out models/m  (llama / qwen3 GGUF -> safetensors folder)
 
-Prints the generated text, then one line of statistics. Without --model it uses the built-in
-checkpoints under pipo/checkpoints/{pipo,ar}/ (byte-level models trained on the Python standard
-library, docs/training.md).
+Prints the generated text as it is emitted, and one line of statistics to stderr. Without --model
+it uses the built-in checkpoints under pipo/checkpoints/{pipo,ar}/ (byte-level models trained on
+the Python standard library, docs/training.md).
 
 Errors: a user error prints one line "pipo: <message>" on stderr and exits with 2 when the command
 line is wrong (a bad number, path, device or token id, found before any work) or 1 when the run
@@ -263,7 +263,11 @@ def _add_generate(sub, common) -> None:
         "--num-pages", type=_number(int, 1), default=1024, help="KV-cache pages (caps the output)"
     )
     g.add_argument("--page-size", type=_number(int, 1), default=16, help="entries per page")
-    g.add_argument("--cuda-graphs", action="store_true", help="capture decode steps (GPU)")
+    g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="capture decode steps in CUDA graphs (default: on for CUDA with kernels)",
+    )
     g.add_argument(
         "--threads",
         type=_number(int, 1),
@@ -535,11 +539,14 @@ def _generate_with(args) -> int:
         max_batch_size=1,
         draft_topk=args.draft_topk,
         draft_steps=args.draft_steps,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs or None,  # None: on for CUDA
     )
-    (result,) = engine.generate([Request(prompt, params)])
-    print(result.text)
-    print(engine.stats.line() + f" finish={result.finish_reason}")
+    for _, piece in engine.stream([Request(prompt, params)]):  # text as it is emitted
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print()
+    (result,) = engine.results
+    print(engine.stats.line() + f" finish={result.finish_reason}", file=sys.stderr)
     if result.finish_reason == "cache_full":
         raise CLIError(f"{result.error} (raise --num-pages or --page-size)")
     if result.error:

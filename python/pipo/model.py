@@ -28,7 +28,7 @@ from torch import nn
 from . import ops
 from .config import ModelConfig
 from .kv_cache import PagedKVCache
-from .sampling import filtered_probs, penalized_logits, sample_from_probs, unpack_bitmask
+from .sampling import filtered_probs, penalized_logits, unpack_bitmask
 
 __all__ = ["ARModel", "AttnMeta", "PIPOModel", "SamplingTensors", "dense_hidden", "dense_pipo"]
 
@@ -337,31 +337,30 @@ class _Decoder(nn.Module):
 
     def sample(self, hidden, st: SamplingTensors, use_kernels: bool, num_candidates: int = 0):
         """Next tokens of hidden states [B, H]: (tokens int64 [B], cand_ids int64 [B, k]) where
-        cand_ids are the k most likely ids after the presence penalty (for draft trees)."""
-        if use_kernels:
-            tokens, _, cand_ids, _ = ops.sample_tokens(
-                hidden=hidden,
-                lm_head=self.lm_head_weight,
-                temperature=st.temperature,
-                top_k=st.top_k,
-                top_p=st.top_p,
-                presence_penalty=st.presence_penalty,
-                seen=st.seen,
-                seeds=st.seeds,
-                offsets=st.offsets,
-                num_candidates=num_candidates,
-            )
-            return tokens, cand_ids
+        cand_ids are the k most likely ids after the presence penalty (for draft trees). Both
+        paths run ``sample_tokens`` (the reference path its pure-PyTorch backend), so they draw
+        the same tokens for the same seeds and offsets."""
+        tokens, _, cand_ids, _ = ops.sample_tokens(
+            hidden=hidden,
+            lm_head=self.lm_head_weight,
+            temperature=st.temperature,
+            top_k=st.top_k,
+            top_p=st.top_p,
+            presence_penalty=st.presence_penalty,
+            seen=st.seen,
+            seeds=st.seeds,
+            offsets=st.offsets,
+            num_candidates=num_candidates,
+            backend=None if use_kernels else "torch",
+        )
+        return tokens, cand_ids
+
+    def probs(self, hidden, st: SamplingTensors) -> torch.Tensor:
+        """float32 [B, V]: the distribution ``sample`` draws each row from (penalty, temperature,
+        top-k, top-p; the one-hot of the argmax for greedy rows)."""
         seen = None if st.seen is None else unpack_bitmask(st.seen, self.config.vocab_size)
         logits = penalized_logits(self.logits(hidden), st.presence_penalty, seen)
-        tokens = logits.argmax(1)
-        sampled = st.temperature > 0
-        if bool(sampled.any()):
-            probs = filtered_probs(
-                logits[sampled], st.temperature[sampled], st.top_k[sampled], st.top_p[sampled]
-            )
-            tokens[sampled] = sample_from_probs(probs, st.seeds[sampled], st.offsets[sampled])
-        return tokens, torch.topk(logits, num_candidates, dim=1).indices
+        return filtered_probs(logits, st.temperature, st.top_k, st.top_p)
 
 
 class ARModel(_Decoder):

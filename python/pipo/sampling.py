@@ -1,8 +1,9 @@
-"""Plain-PyTorch sampling helpers: logit processing, counter-based randomness, seen-token bitmasks.
+"""Plain-PyTorch sampling helpers: logit processing and seen-token bitmasks.
 
-The engine's reference path samples with these; the kernel path calls ``sample_tokens``. Both
-see the same distribution: presence penalty on the float32 logits, then temperature, then top-k,
-then top-p (docs/ops.md §3).
+Tokens are drawn only by ``sample_tokens`` (kernels, or its pure-PyTorch backend on the reference
+path). These helpers give the distribution it draws from, as spec mode's stochastic verification
+needs it: presence penalty on the float32 logits, then temperature, then top-k, then top-p
+(docs/ops.md §3).
 """
 
 from __future__ import annotations
@@ -10,22 +11,11 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "counter_generator",
     "filtered_probs",
     "pack_bitmask",
     "penalized_logits",
-    "sample_from_probs",
     "unpack_bitmask",
 ]
-
-_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio) to spread (seed, offset) pairs
-
-
-def counter_generator(seed: int, offset: int) -> torch.Generator:
-    """A CPU generator whose stream depends only on (seed, offset): re-running gives the same draw."""
-    g = torch.Generator(device="cpu")
-    g.manual_seed(((int(seed) * _MIX) ^ int(offset)) % (1 << 63))
-    return g
 
 
 def pack_bitmask(mask: torch.Tensor) -> torch.Tensor:
@@ -80,17 +70,3 @@ def filtered_probs(
     probs = torch.zeros_like(sorted_probs).scatter_(1, order.indices, sorted_probs)
     one_hot = torch.zeros_like(probs).scatter_(1, order.indices[:, :1], 1.0)
     return torch.where(greedy.unsqueeze(1), one_hot, probs)
-
-
-def sample_from_probs(
-    probs: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor
-) -> torch.Tensor:
-    """One id per row of probs [B, V] drawn with counter_generator(seeds[b], offsets[b]): int64 [B]."""
-    rows = probs.detach().float().cpu()
-    out = [
-        torch.multinomial(rows[i], 1, generator=counter_generator(int(s), int(o)))
-        for i, (s, o) in enumerate(zip(seeds.tolist(), offsets.tolist(), strict=True))
-    ]
-    if not out:
-        return torch.zeros(0, dtype=torch.int64, device=probs.device)
-    return torch.cat(out).to(probs.device)
