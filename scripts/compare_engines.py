@@ -11,24 +11,13 @@ changes hit them alike; medians over the rounds, ratios to ar of the same engine
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
 from benchmarks.bench_e2e import prompt_text_ids
-
-
-def load_package(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(
-        name, path / "__init__.py", submodule_search_locations=[str(path)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.count_ops import load_package
 
 
 def main() -> None:
@@ -38,7 +27,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sampled", action="store_true", help="T=0.8, top-p 0.95")
     args = parser.parse_args()
-    load_package("pipo_old", args.old / "python" / "pipo")
+    load_package(args.old / "python" / "pipo", "pipo_old")
     import pipo_old.checkpoint as old_ck
     import pipo_old.config as old_cfg
     import pipo_old.engine as old_engine
