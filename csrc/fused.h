@@ -48,9 +48,7 @@ inline void check_head_block(const at::Tensor& t, int64_t heads, int64_t head_di
 
 inline void check_index_vector(const at::Tensor& t, int64_t n, const at::Tensor& ref,
                                const char* name) {
-  check_dim(t, 1, name);
-  check_dtype(t, at::kLong, name);
-  check_contiguous(t, name);
+  check_index(t, 1, at::kLong, name);
   check_same_device(t, ref, name, "k_cache");
   check_size(t, 0, n, name, "num_tokens of k");
 }

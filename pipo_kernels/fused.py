@@ -16,6 +16,7 @@ from ._checks import (
     check_dim,
     check_dtype,
     check_float,
+    check_index,
     check_like,
     check_size,
     fail,
@@ -77,9 +78,7 @@ def check_qk_rope_args(
             check_size(t, 0, k.shape[0], name, "num_tokens of k")
     if _same_storage_start(q, k) or _same_storage_start(q, v):
         raise ValueError("q: must not share memory with k or v (q is written in place)")
-    check_dim(slot_mapping, 1, "slot_mapping")
-    check_dtype(slot_mapping, torch.int64, "slot_mapping")
-    check_contiguous(slot_mapping, "slot_mapping")
+    check_index(slot_mapping, 1, torch.int64, "slot_mapping")
     if slot_mapping.device != k_cache.device:
         fail("slot_mapping", f"the device of k_cache ({k_cache.device})", slot_mapping.device)
     check_size(slot_mapping, 0, k.shape[0], "slot_mapping", "num_tokens of k")
@@ -97,9 +96,7 @@ def check_qk_rope_args(
     rot = cos_sin_cache.shape[1]
     if rot % 2 or not 2 <= rot <= head_dim:
         fail("cos_sin_cache", f"an even rot_dim from 2 to head_dim ({head_dim}) in dim 1", rot)
-    check_dim(positions, 1, "positions")
-    check_dtype(positions, torch.int64, "positions")
-    check_contiguous(positions, "positions")
+    check_index(positions, 1, torch.int64, "positions")
     if positions.device != k_cache.device:
         fail("positions", f"the device of k_cache ({k_cache.device})", positions.device)
     check_size(positions, 0, k.shape[0], "positions", "num_tokens of k")
@@ -251,7 +248,7 @@ def qk_norm_rope_append(
     args += (k_cache, v_cache, slot_mapping)
     if impl == "torch":
         check_qk_rope_args(*args)
-        if should_check_values(positions):
+        if should_check_values(positions, sync_ok=True):  # its indexing would follow a bad index
             check_qk_rope_values(positions, cos_sin_cache, slot_mapping, k_cache)
         reference.qk_norm_rope_append(*args, float(eps))
     elif impl == "triton":

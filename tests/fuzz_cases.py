@@ -51,7 +51,14 @@ def _tensor_args(op: str) -> tuple[str, ...]:
 
 
 TENSOR_ARGS = {op: _tensor_args(op) for op in OPS}
-MUTATED = {"kv_cache_append": ("k_cache", "v_cache"), "kv_cache_compact": ("k_cache", "v_cache")}
+MUTATED = {
+    "kv_cache_append": ("k_cache", "v_cache"),
+    "kv_cache_compact": ("k_cache", "v_cache"),
+    "fused_add_rmsnorm": ("x", "residual"),
+    "qk_norm_rope_append": ("q", "k_cache", "v_cache"),
+}
+# Mutating ops that compute what they write (compared with dtype tolerances, not bit for bit).
+COMPUTED = ("fused_add_rmsnorm", "qk_norm_rope_append")
 # Float inputs that NaN / inf may be planted in.
 FLOAT_ARGS = {
     "kv_cache_append": ("key", "value", "k_cache"),
@@ -63,11 +70,20 @@ FLOAT_ARGS = {
     "paged_attention": ("q", "k_cache", "v_cache"),
     "verify_tree": (),
     "verify_tree_stochastic": ("draft_probs", "target_probs"),
+    "fused_add_rmsnorm": ("x", "residual", "weight"),
+    "qk_norm_rope_append": ("q", "k", "k_cache"),
 }
 # Ops whose outputs are defined for non-finite inputs (NaN / inf propagate per row): compared with
 # the reference. The others (a softmax over a masked range, sampling, acceptance tests) only have
 # to stay memory-safe and raise nothing but clean errors.
-NONFINITE_EXACT = ("kv_cache_append", "kv_cache_compact", "fold_pairs", "unfold_input")
+NONFINITE_EXACT = (
+    "kv_cache_append",
+    "kv_cache_compact",
+    "fold_pairs",
+    "unfold_input",
+    "fused_add_rmsnorm",
+    "qk_norm_rope_append",
+)
 # Index-value corruptions each op's builder knows (None: valid values).
 CORRUPTIONS = {
     "kv_cache_append": ("slot_high", "slot_huge"),
@@ -96,6 +112,8 @@ CORRUPTIONS = {
         "depth",
         "token_bad",
     ),
+    "fused_add_rmsnorm": (),
+    "qk_norm_rope_append": ("pos_high", "pos_negative", "slot_high"),
 }
 
 
@@ -131,6 +149,9 @@ LAYOUT = {
     ("kv_cache_append", "value"): token_block,
     ("unfold_input", "hidden"): dense_rows,
     ("paged_attention", "q"): last_dim_dense,
+    ("qk_norm_rope_append", "q"): token_block,
+    ("qk_norm_rope_append", "k"): token_block,
+    ("qk_norm_rope_append", "v"): token_block,
 }
 
 
@@ -414,6 +435,46 @@ def build_verify_tree_stochastic(p, g, corrupt):
     return tensors, dict(max_depth=max_depth)
 
 
+def build_fused_add_rmsnorm(p, g, corrupt):
+    dt = DTYPES[p["dtype"]]
+    n, h = p["n"], p["hidden"]
+    tensors = dict(
+        x=_randn(g, n, h, dtype=dt),
+        residual=_randn(g, n, h, dtype=dt),
+        weight=_randn(g, h, dtype=dt),
+    )
+    return tensors, dict(eps=1e-6)
+
+
+def build_qk_norm_rope_append(p, g, corrupt):
+    dt = DTYPES[p["dtype"]]
+    n, hkv, d, max_pos = p["n"], p["kv_heads"], p["head_dim"], p["max_pos"]
+    hq = hkv * p["group"]
+    rot = d // 2 if p["partial"] and d % 4 == 0 else d  # an even rot_dim from 2 to d
+    tensors, _ = build_kv_cache_append(
+        dict(p, heads=hkv), g, "slot_high" * (corrupt == "slot_high")
+    )
+    positions = _randint(g, 0, max_pos, n)
+    if n and corrupt == "pos_high":
+        positions[_pick(g, n)] = max_pos + _pick(g, 3)
+    if n and corrupt == "pos_negative":
+        positions[_pick(g, n)] = -1 - _pick(g, 3)
+    norm = p["norm"]
+    tensors = dict(
+        q=_randn(g, n, hq, d, dtype=dt),
+        k=tensors["key"],
+        v=tensors["value"],
+        q_norm_weight=_randn(g, d, dtype=dt) if norm else None,
+        k_norm_weight=_randn(g, d, dtype=dt) if norm else None,
+        cos_sin_cache=_randn(g, max_pos, rot),
+        positions=positions,
+        k_cache=tensors["k_cache"],
+        v_cache=tensors["v_cache"],
+        slot_mapping=tensors["slot_mapping"],
+    )
+    return tensors, dict(eps=1e-6)
+
+
 BUILDERS = {
     name[len("build_") :]: fn for name, fn in globals().items() if name.startswith("build_")
 }
@@ -636,6 +697,9 @@ def run_case(case: dict) -> str | None:
         return _passed("non-finite: memory-safe")
     got = out if op not in MUTATED else tuple(views[n] for n in MUTATED[op])
     want = ref_out if op not in MUTATED else tuple(ref_in[n] for n in MUTATED[op])
+    if op in COMPUTED:
+        diff = _compare(op, got, want, float_dtype, scalars)
+        return diff if diff is not None else _passed("equal to the reference")
     if op in MUTATED:  # caches are copies: bit-exact
         for n, a, b in zip(MUTATED[op], got, want, strict=True):
             if not torch.equal(bits(a), bits(b)):

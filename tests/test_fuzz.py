@@ -135,6 +135,16 @@ PAIR = dict(
     hidden=st.sampled_from((1, 8, 16)),
     threshold=st.sampled_from((-1.0, 0.0, 0.5, 1.0, 2.0)),
 )
+NORM = dict(dtype=dtypes, n=small, hidden=st.sampled_from((8, 1, 16)))
+ROPE = dict(
+    {k: v for k, v in KV.items() if k != "heads"},
+    head_dim=st.sampled_from((4, 2, 8)),  # even: RoPE rotates pairs of channels
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 2),
+    max_pos=st.integers(1, 6),
+    partial=st.booleans(),
+    norm=st.booleans(),
+)
 TREE = dict(
     sizes=lists_of(st.sampled_from((4, 0, 1, 5, 2))),
     spare_depth=st.integers(0, 1),
@@ -176,6 +186,8 @@ PARAMS = {
     "paged_attention": attention_params,
     "verify_tree": TREE,
     "verify_tree_stochastic": TREE,
+    "fused_add_rmsnorm": NORM,
+    "qk_norm_rope_append": ROPE,
 }
 
 
@@ -369,3 +381,50 @@ def test_attention_expanded_q_works(backend):
     got = pk.paged_attention(q_exp, k, v, table, kv_lens, indptr, backend=backend)
     want = pk.paged_attention(q_exp.contiguous(), k, v, table, kv_lens, indptr, backend="torch")
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+ROPE_PARAMS = dict(
+    dtype="f32",
+    pages=2,
+    page_size=2,
+    head_dim=4,
+    n=3,
+    kv_heads=1,
+    group=2,
+    max_pos=4,
+    partial=False,
+    norm=True,
+)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    ("op", "arg", "view"),
+    [
+        ("qk_norm_rope_append", "q", ("expanded", 0, 2)),  # written in place: must raise
+        ("qk_norm_rope_append", "k", ("strided", 0, 2)),  # strided token rows: must work
+        ("qk_norm_rope_append", "positions", ("strided", 0, 2)),  # index tensor: must raise
+        ("qk_norm_rope_append", "slot_mapping", ("offset", 0, 5)),  # offset: must work
+        ("fused_add_rmsnorm", "x", ("expanded", 0, 2)),  # written in place: must raise
+        ("fused_add_rmsnorm", "residual", ("transposed", 0, 1)),  # must raise
+    ],
+)
+def test_fused_ops_views(op, arg, view, backend, worker):
+    """The layouts of the fused per-layer ops that the random cases draw only rarely, judged by
+    the fuzz oracle (works and equals the reference, or raises naming the argument)."""
+    params = ROPE_PARAMS if op == "qk_norm_rope_append" else dict(dtype="f32", n=3, hidden=8)
+    views = {n: ("plain", 0, 0) for n in fc.TENSOR_ARGS[op]}
+    views[arg] = view
+    case = dict(
+        op=op,
+        backend=backend,
+        device=device_of(backend),
+        seed=1,
+        params=params,
+        views=views,
+        corrupt=None,
+        nonfinite=[],
+        meta_arg=None,
+        checked=True,
+    )
+    assert worker.run(case) is None
