@@ -1,7 +1,10 @@
 """Paged attention for chunked prefill, decode and draft-tree verification (docs/ops.md §4):
-public wrapper, argument checks and the fake kernel."""
+public wrapper, argument checks, the fake kernel and the path chooser."""
 
 from __future__ import annotations
+
+import os
+from functools import cache
 
 import torch
 
@@ -17,7 +20,126 @@ from ._checks import (
     should_check_values,
 )
 
-__all__ = ["paged_attention"]
+__all__ = ["PATH_TABLE", "choose_path", "paged_attention", "shape_class"]
+
+# --- path chooser -------------------------------------------------------------------------------
+# A call's shape class, from shapes only (no sync, so graphs and torch.compile keep working):
+# "tree" when a tree_mask is given, "decode" when Nq <= B (one query per sequence on average),
+# "prefill" otherwise. Every kernel computes every class correctly; the class only picks the
+# faster one.
+SHAPE_CLASSES = ("decode", "prefill", "tree")
+
+# The backend that serves a shape class on a device when the call names none (backend=None):
+# (device type, class) -> backend. Absent entries, or a backend this install lacks, fall back to
+# the op-wide order of _backend.PREFERENCE. Inside a backend the kernel follows the class as well
+# (Triton: "tc" for prefill / tree, "split" for decode; CUDA: the tensor-core kernel for float16 /
+# bfloat16 prefill / tree, the CUDA-core one otherwise; PIPO_ATTN_KERNEL=auto|split|tc forces it).
+# UNTESTED ON GPU: no GPU measurement backs the prefill / tree entries yet (decode keeps the
+# measured CUDA kernels). The Triton tc kernel is the default there because its semantics are
+# tested under the Triton interpreter, while the CUDA tensor-core kernel is only compiled. Replace
+# these entries with what benchmarks/bench_attention.py measures fastest on a GPU.
+PATH_TABLE: dict[tuple[str, str], str] = {
+    ("cuda", "decode"): "cuda",
+    ("cuda", "prefill"): "triton",
+    ("cuda", "tree"): "triton",
+}
+
+ATTN_KERNELS = ("auto", "split", "tc")
+
+
+def shape_class(q: torch.Tensor, block_table: torch.Tensor, tree_mask) -> str:
+    """ "tree", "decode" or "prefill" for a call's shapes (see SHAPE_CLASSES)."""
+    if tree_mask is not None:
+        return "tree"
+    return "decode" if q.shape[0] <= block_table.shape[0] else "prefill"
+
+
+def _parse_path_env(env: str) -> dict[str, str]:
+    """PIPO_ATTN_PATH: "class=backend" pairs separated by commas (e.g. "prefill=cuda,tree=cuda"),
+    or one backend name for every class."""
+    from ._backend import BACKENDS
+
+    if not env:
+        return {}
+    if "=" not in env:
+        pairs = {c: env.strip() for c in SHAPE_CLASSES}
+    else:
+        pairs = {}
+        for item in env.split(","):
+            cls, _, name = item.partition("=")
+            pairs[cls.strip()] = name.strip()
+    for cls, name in pairs.items():
+        if cls not in SHAPE_CLASSES or name not in BACKENDS:
+            raise ValueError(
+                f"PIPO_ATTN_PATH: expected class=backend pairs (classes {', '.join(SHAPE_CLASSES)}"
+                f"; backends {', '.join(BACKENDS)}) or one backend, got {env!r}"
+            )
+    return pairs
+
+
+def _kernel_name(kind: str, cls: str, backend: str, kernel_env: str) -> str:
+    if kernel_env != "auto":
+        return kernel_env
+    if backend == "triton":
+        return "split" if cls == "decode" else "tc"
+    if backend == "cuda":
+        return "CUDA-core" if cls == "decode" else "tensor-core (float16 / bfloat16)"
+    return "default"
+
+
+@torch.compiler.assume_constant_result
+def choose_path(device: torch.device, cls: str, backend: str | None = None) -> str:
+    """The backend that runs paged_attention for shape class `cls` on `device`: `backend` when
+    given, else PIPO_ATTN_PATH's entry for the class, else PIPO_BACKEND, else PATH_TABLE, else
+    the op-wide order. Logged once per (device type, class, setting) on the pipo_kernels logger."""
+    env = os.environ
+    return _choose_path(
+        device.type,
+        cls,
+        backend,
+        env.get("PIPO_ATTN_PATH", ""),
+        env.get("PIPO_BACKEND"),
+        env.get("PIPO_ATTN_KERNEL", "auto"),
+        env.get("TRITON_INTERPRET"),
+    )
+
+
+@cache
+def _choose_path(kind, cls, backend, path_env, backend_env, kernel_env, interpret) -> str:
+    device = torch.device(kind)
+    if backend is not None:
+        return _backend.resolve("paged_attention", device, backend)
+    wanted, source = _parse_path_env(path_env).get(cls), "PIPO_ATTN_PATH"
+    if wanted is not None:
+        reason = _backend.why_unavailable("paged_attention", wanted, device)
+        if reason is not None:
+            raise ValueError(f"PIPO_ATTN_PATH: {wanted!r} cannot run paged_attention: {reason}")
+        chosen = wanted
+    else:
+        table = PATH_TABLE.get((kind, cls))
+        usable = table and not _backend.why_unavailable("paged_attention", table, device)
+        if usable and not backend_env:
+            chosen, source = table, "PATH_TABLE" + ("" if cls == "decode" else ", untested on GPU")
+        else:
+            chosen, source = _backend.resolve("paged_attention", device), "backend order"
+    _backend.log.info(
+        "pipo_kernels.paged_attention, %s shapes on %s tensors: %s backend, %s kernel (%s)",
+        cls,
+        kind,
+        chosen,
+        _kernel_name(kind, cls, chosen, kernel_env),
+        source,
+    )
+    return chosen
+
+
+@torch.compiler.assume_constant_result
+def kernel_setting() -> str:
+    """PIPO_ATTN_KERNEL ("auto" unless set): which kernel a backend runs (see PATH_TABLE)."""
+    kernel = os.environ.get("PIPO_ATTN_KERNEL", "auto")
+    if kernel not in ATTN_KERNELS:
+        fail("PIPO_ATTN_KERNEL", f"one of {', '.join(ATTN_KERNELS)}", repr(kernel))
+    return kernel
 
 
 def check_args(q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree_mask, num_splits) -> None:
@@ -173,7 +295,8 @@ def paged_attention(
             scores each query sees.
         num_splits: KV splits per sequence (0: automatic from the shapes). The result does not
             depend on it beyond float rounding; tests and tuning force it.
-        backend: "cuda" | "triton" | "cpu" | "torch", or None for the fastest available one.
+        backend: "cuda" | "triton" | "cpu" | "torch", or None: the backend PATH_TABLE (and the
+            PIPO_ATTN_PATH / PIPO_BACKEND variables) give for the call's shape class.
 
     Returns:
         out [Nq, Hq, D] in q's dtype (softmax and accumulation in float32), or (out, lse) with
@@ -200,7 +323,7 @@ def paged_attention(
             q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree, return_lse=True
         )
     """
-    impl = _backend.resolve("paged_attention", q.device, backend)
+    impl = choose_path(q.device, shape_class(q, block_table, tree_mask), backend)
     args = (q, k_cache, v_cache, block_table, kv_lens, q_indptr, tree_mask)
     if impl == "torch":
         check_args(*args, num_splits)
@@ -208,7 +331,9 @@ def paged_attention(
             check_values(q, k_cache, block_table, kv_lens, q_indptr, tree_mask)
         return reference.paged_attention(*args, sm_scale, return_lse)
     if impl == "triton":
-        out, lse = torch.ops.pipo.paged_attention_triton(*args, sm_scale, return_lse, num_splits)
+        out, lse = torch.ops.pipo.paged_attention_triton(
+            *args, sm_scale, return_lse, num_splits, kernel_setting()
+        )
     else:
         out, lse = torch.ops.pipo.paged_attention(*args, sm_scale, return_lse, num_splits)
     return (out, lse) if return_lse else out
