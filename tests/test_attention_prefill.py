@@ -273,7 +273,7 @@ def test_bad_kernel_setting_is_an_error(monkeypatch):
 
 
 @requires_cuda
-def test_default_gpu_paths_follow_the_table(monkeypatch):
+def test_cuda_default_paths_follow_the_table(monkeypatch):
     _fresh_choice(monkeypatch)
     gpu = torch.device("cuda")
     for cls in attention.SHAPE_CLASSES:

@@ -1,14 +1,29 @@
-// Launch glue of paged_attention (arguments are checked in checked.cpp): device guard,
-// workspace, current stream.
+// Launch glue of paged_attention (arguments are checked in checked.cpp): device guard, the
+// kernel choice (PIPO_ATTN_KERNEL), workspace, current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../attention.h"
 #include "dtype.h"
 #include "pipo/attention.cuh"
+#include "pipo/attention_prefill.cuh"
 
 namespace pipo {
+
+// PIPO_ATTN_KERNEL: auto (default) | split (the CUDA-core kernel) | tc (the tensor-core kernel,
+// float16 / bfloat16). Read at every call so tests and benchmarks can switch it.
+static AttnKernel attention_kernel_setting() {
+  const char* env = std::getenv("PIPO_ATTN_KERNEL");
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return AttnKernel::kAuto;
+  if (std::strcmp(env, "split") == 0) return AttnKernel::kSplit;
+  TORCH_CHECK(std::strcmp(env, "tc") == 0,
+              "PIPO_ATTN_KERNEL: expected one of auto, split, tc, got '", env, "'");
+  return AttnKernel::kTensorCore;
+}
 
 std::tuple<at::Tensor, at::Tensor> paged_attention_cuda_launch(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -44,7 +59,9 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cuda_launch(
   const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(double(head_dim));
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   p.dtype = cuda_dtype(q.scalar_type());
+  const bool tensor_cores = paged_attention_uses_tensor_cores(p, attention_kernel_setting());
   p.num_splits = num_splits > 0 ? static_cast<int>(num_splits)
+                 : tensor_cores ? paged_prefill_auto_splits(p, q.get_device())
                                 : paged_attention_auto_splits(p, q.get_device());
   // The workspace size depends on shapes only: a fixed allocation for a captured graph.
   at::Tensor part_out, part_lse;
@@ -55,7 +72,9 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cuda_launch(
     p.part_out = part_out.data_ptr<float>();
     p.part_lse = part_lse.data_ptr<float>();
   }
-  const cudaError_t err = launch_paged_attention(p, c10::cuda::getCurrentCUDAStream());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaError_t err =
+      tensor_cores ? launch_paged_prefill(p, stream) : launch_paged_attention(p, stream);
   TORCH_CHECK(err == cudaSuccess, "paged_attention: CUDA launch failed: ", cudaGetErrorString(err));
   return {out, lse};
 }

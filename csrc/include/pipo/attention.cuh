@@ -364,6 +364,15 @@ __global__ void __launch_bounds__(kThreads)
   if (p.lse != nullptr && lane == 0) p.lse[row] = total > 0.0f ? mx + logf(total) : -INFINITY;
 }
 
+// The merge of p.num_splits partial outputs (also used by attention_prefill.cuh's kernel).
+template <typename T, int D>
+cudaError_t launch_merge(const PagedAttentionParams& p, cudaStream_t stream) {
+  const int64_t rows = p.num_tokens * p.num_q_heads;
+  const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(rows, kWarps)));
+  paged_attention_merge_kernel<T, D><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 // Rows per warp: enough for the queries of an average sequence (decode: the GQA group), up to 4.
 inline int rows_per_warp(const PagedAttentionParams& p) {
   const int64_t rows = ceil_div<int64_t>(p.num_tokens * p.group, p.batch > 0 ? p.batch : 1);
@@ -384,10 +393,7 @@ cudaError_t launch_typed(const PagedAttentionParams& p, int num_tiles, cudaStrea
   kernel<<<grid, kThreads, smem, stream>>>(p);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || p.num_splits == 1) return err;
-  const int64_t rows = p.num_tokens * p.num_q_heads;
-  const dim3 merge_grid(static_cast<unsigned>(ceil_div<int64_t>(rows, kWarps)));
-  paged_attention_merge_kernel<T, D><<<merge_grid, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_merge<T, D>(p, stream);
 }
 
 template <typename T>
