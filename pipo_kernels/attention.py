@@ -296,7 +296,9 @@ def paged_attention(
         num_splits: KV splits per sequence (0: automatic from the shapes). The result does not
             depend on it beyond float rounding; tests and tuning force it.
         backend: "cuda" | "triton" | "cpu" | "torch", or None: the backend PATH_TABLE (and the
-            PIPO_ATTN_PATH / PIPO_BACKEND variables) give for the call's shape class.
+            PIPO_ATTN_PATH / PIPO_BACKEND variables) give for the call's shape class (decode /
+            prefill / tree, see shape_class). The kernel inside the CUDA and Triton backends
+            follows the class too, or PIPO_ATTN_KERNEL=split|tc (docs/ops.md §4, "Paths").
 
     Returns:
         out [Nq, Hq, D] in q's dtype (softmax and accumulation in float32), or (out, lse) with

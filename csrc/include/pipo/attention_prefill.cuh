@@ -10,8 +10,8 @@
 // through the block table (each position's slot from its own page, so a tile may span pages) with
 // 16-byte cp.async copies into double-buffered shared memory; positions on pages outside the
 // cache are zero-filled and masked, never read. Both products are mma.sync.m16n8k16 with float32
-// accumulation: S = Q K^T with the Q and K fragments read from shared memory, then O += P V with P
-// taken from the S accumulators (rounded to the input dtype) and V fragments by ldmatrix.trans.
+// accumulation: S = Q K^T with Q and K fragments by ldmatrix, then O += P V with P taken from the
+// S accumulators (rounded to the input dtype) and V fragments by ldmatrix.trans.
 // The online softmax (base 2) keeps each row's max and sum in the 4 lanes that hold the row.
 // Causal tiles stop at the tile's last query; the per-element mask (causal or tree) is evaluated
 // only on the KV tiles past the ones every row fully sees; the last queries of a sequence (the
@@ -86,18 +86,22 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
-// Four 8x8 16-bit matrices from shared memory, transposed: lane l gives the address of row l % 8
-// of matrix l / 8 and receives in r[i] the B fragment (k = 2 * (l % 4) + {0, 1}, n = l / 4) of
-// matrix i.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+// Four 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix
+// l / 8. Plain: lane l receives in r[i] the elements (row l / 4, columns 2 * (l % 4) + {0, 1}) of
+// matrix i, an A fragment quarter or, for a [n][k] matrix, a B fragment. Transposed: it receives
+// (rows 2 * (l % 4) + {0, 1}, column l / 4): the B fragment of a [k][n] matrix.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ __forceinline__ uint32_t lds32(const void* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
 }
 
 template <typename T, int D>
@@ -192,7 +196,13 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PagedAtte
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
 
-  const T* q_w = q_s + (warp * 16 + g) * L::kLd + 2 * tig;
+  // ldmatrix row addresses. Q (A fragments): matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) in the
+  // order a0..a3. K (B fragments of key tiles nt, nt + 1): (k 0-7 | 8-15) x (keys of nt | nt + 1).
+  // V (transposed, B fragments of d tiles dt, dt + 1): (keys 0-7 | 8-15) x (d of dt | dt + 1).
+  const int mat = lane / 8, mrow = lane % 8;
+  const T* q_lm = q_s + (warp * 16 + (mat % 2) * 8 + mrow) * L::kLd + (mat / 2) * 8;
+  const int k_lm = ((mat / 2) * 8 + mrow) * L::kLd + (mat % 2) * 8;
+  const int v_lm = ((mat % 2) * 8 + mrow) * L::kLd + (mat / 2) * 8;
   if (n_tiles > 0) issue_tile(0);
   for (int it = 0; it < n_tiles; ++it) {
     if (it + 1 < n_tiles) {
@@ -213,12 +223,14 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PagedAtte
     for (int j = 0; j < BN / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a[4] = {lds32(q_w + kk * 16), lds32(q_w + 8 * L::kLd + kk * 16),
-                             lds32(q_w + kk * 16 + 8), lds32(q_w + 8 * L::kLd + kk * 16 + 8)};
+      uint32_t a[4];
+      ldmatrix_x4<false>(a, q_lm + kk * 16);
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        const T* k_row = k_st + (nt * 8 + g) * L::kLd + kk * 16 + 2 * tig;
-        mma16816<T>(s[nt], a, lds32(k_row), lds32(k_row + 8));
+      for (int nt = 0; nt < BN / 8; nt += 2) {
+        uint32_t b[4];
+        ldmatrix_x4<false>(b, k_st + nt * 8 * L::kLd + k_lm + kk * 16);
+        mma16816<T>(s[nt], a, b[0], b[1]);
+        mma16816<T>(s[nt + 1], a, b[2], b[3]);
       }
     }
 
@@ -282,13 +294,12 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PagedAtte
                              pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const T* v_rows = v_st + (kk * 16 + (lane / 8 % 2) * 8 + lane % 8) * L::kLd + lane / 16 * 8;
 #pragma unroll
-      for (int dt = 0; dt < D / 16; ++dt) {
+      for (int dt = 0; dt < D / 8; dt += 2) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, v_rows + dt * 16);
-        mma16816<T>(o[2 * dt], a, b[0], b[1]);
-        mma16816<T>(o[2 * dt + 1], a, b[2], b[3]);
+        ldmatrix_x4<true>(b, v_st + kk * 16 * L::kLd + v_lm + dt * 8);
+        mma16816<T>(o[dt], a, b[0], b[1]);
+        mma16816<T>(o[dt + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
