@@ -117,8 +117,11 @@ def _choose_path(kind, cls, backend, path_env, backend_env, kernel_env, interpre
         chosen = wanted
     else:
         table = PATH_TABLE.get((kind, cls))
-        usable = table and not _backend.why_unavailable("paged_attention", table, device)
-        if usable and not backend_env:
+        if (
+            table is not None
+            and not backend_env
+            and _backend.why_unavailable("paged_attention", table, device) is None
+        ):
             chosen, source = table, "PATH_TABLE" + ("" if cls == "decode" else ", untested on GPU")
         else:
             chosen, source = _backend.resolve("paged_attention", device), "backend order"
