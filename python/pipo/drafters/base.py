@@ -94,7 +94,7 @@ class DraftTree:
     max_depth: int, a bound on depths known on the host (<= Drafter.max_depth).
     draft_probs: float32 [B, N, V] or None (None only when propose got need_probs=False): row
         (b, i) is the distribution node i's children were drawn from (rows of nodes without
-        children: any distribution, e.g. zeros are not allowed, use a one-hot).
+        children are never read; zeros are fine).
     mask: bool [B, N, N] or None: mask[b, i, j] = node j is node i or one of its ancestors (the
         verifier's tree mask); None lets the mode compute it from parents.
     """
