@@ -131,6 +131,7 @@ class NGramDrafter(Drafter):
         tok = torch.zeros(len(seqs), n, dtype=torch.int64)
         par = torch.full((len(seqs), n), -1, dtype=torch.int64)
         dep = torch.zeros(len(seqs), n, dtype=torch.int64)
+        deepest_all = 0
         for b, ((t, p), s) in enumerate(zip(trees, seqs, strict=True)):
             last = (s.prompt + s.out)[-1] if live[b] else 0
             depth = [0]
@@ -143,10 +144,11 @@ class NGramDrafter(Drafter):
             tok[b, 1:] = torch.tensor(t, dtype=torch.int64)
             par[b, 1:] = torch.tensor(p, dtype=torch.int64)
             dep[b] = torch.tensor(depth, dtype=torch.int64)
+            deepest_all = max(deepest_all, *depth)
         packed = torch.stack([tok, par, dep])
         pin = self.device.type == "cuda"
         packed = (packed.pin_memory() if pin else packed).to(self.device, non_blocking=True)
-        self._tree = DraftTree(packed[0], packed[1], packed[2], int(dep.max()))
+        self._tree = DraftTree(packed[0], packed[1], packed[2], deepest_all)
 
     def propose(self, view, need_probs: bool) -> DraftTree:
         t = self._tree
