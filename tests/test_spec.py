@@ -163,6 +163,42 @@ class FixedQ(Drafter):
         return DraftTree(tokens, parents, depths, self.max_depth, probs)
 
 
+class EmbedTree(Drafter):
+    """A capturable drafter on ``grow``: the verifier's own embedding of a node's token is its
+    hidden state (no weights; pure device work of static shape, as MTP / Medusa are)."""
+
+    name = "embed"
+    capturable = True
+
+    def __init__(self, opts: DraftOptions):
+        self.shape = TreeShape.of(opts)
+        self.num_nodes, self.max_depth = self.shape.num_nodes, self.shape.max_depth
+        self.draws = self.shape.draws
+
+    def propose(self, view, need_probs):
+        emb = self.verifier.embed_tokens
+        st = SamplingTensors(
+            temperature=view.temperature,
+            top_k=view.top_k,
+            top_p=view.top_p,
+            presence_penalty=view.presence_penalty,
+            seen=None,
+            seeds=view.seeds,
+            offsets=view.offsets + 1,
+        )
+        root = view.tokens[:, 0]
+        return grow(
+            self.shape,
+            root,
+            emb(root),
+            lambda level: emb(level.tokens),
+            self.verifier,
+            st,
+            self.use_kernels,
+            need_probs,
+        )
+
+
 # ---------------------------------------------------------------------------- greedy: lossless
 
 
@@ -185,6 +221,31 @@ def test_greedy_equals_ar(models, drafter, kw, penalty):
     assert engine.stats.verify_rounds > 0
     for cache in engine._caches():
         assert cache.num_free_pages == cache.num_pages
+
+
+@pytest.mark.parametrize(
+    "opts", [DraftOptions(3, "chain"), DraftOptions(5, "topk", 2), DraftOptions(6, "dynamic", 2)]
+)
+def test_capturable_drafter_through_step_graphs(models, opts):
+    """A capturable drafter runs through StepGraphs (on a CPU: the same step, eagerly, over the
+    padded batch bucket, spare rows inactive): greedy equals ar; sampled equals graphs off."""
+    ar = models[0]
+    greedy = requests_of(MIXED[:3], n=16, presence_penalty=1.5)
+    sampled = requests_of(MIXED[:3], n=16, temperature=0.9, top_k=20)
+    mixed = [greedy[0], sampled[1], sampled[2]]
+
+    def make(graphs):
+        return Engine(
+            ar, mode="spec", drafter=EmbedTree(opts), max_batch_size=4, cuda_graphs=graphs
+        )
+
+    engine = make(True)
+    assert engine.graphs is not None
+    assert [r.token_ids for r in engine.generate(greedy)] == ar_out(models, greedy)
+    assert 4 in engine.graphs.buckets  # 3 rows in the bucket of 4
+    for requests in (sampled, mixed):
+        want = [r.token_ids for r in make(False).generate(requests)]
+        assert [r.token_ids for r in make(True).generate(requests)] == want
 
 
 def test_ngram_accepts_on_repetitive_text(models):
