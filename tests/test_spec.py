@@ -546,3 +546,34 @@ def test_pages_released_when_the_cache_fills(models, drafter):
         assert r.token_ids == w[: len(r.token_ids)]
     for cache in engine._caches():
         assert cache.num_free_pages == cache.num_pages
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("opts", [DraftOptions(4, "chain"), DraftOptions(6, "dynamic", 2)])
+def test_cuda_spec_round_graphs_equal_eager(models, opts):
+    """On a GPU the capturable drafter's round is captured (per bucket and greedy / sampled mix);
+    the graphs' output equals the eager round's, and greedy equals mode ar on the CPU."""
+    import copy
+
+    gpu = tuple(copy.deepcopy(m).cuda() for m in models)
+    greedy = requests_of(MIXED[:3], n=16, presence_penalty=1.5)
+    sampled = requests_of(MIXED[:3], n=16, temperature=0.9, top_p=0.9)
+    for requests in (greedy, sampled, [greedy[0], *sampled[1:]]):
+        eager = Engine(gpu[0], mode="spec", drafter=EmbedTree(opts), cuda_graphs=False)
+        graphed = Engine(gpu[0], mode="spec", drafter=EmbedTree(opts), cuda_graphs=True)
+        assert graphed.graphs is not None and graphed.graphs.capture
+        want = [r.token_ids for r in eager.generate(requests)]
+        assert [r.token_ids for r in graphed.generate(requests)] == want
+    got = Engine(gpu[0], mode="spec", drafter=EmbedTree(opts)).generate(greedy)
+    assert [r.token_ids for r in got] == ar_out(models, greedy)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("drafter", ["ngram", "pipo"])
+def test_cuda_spec_equals_cpu_reference(models, drafter):
+    import copy
+
+    gpu = tuple(copy.deepcopy(m).cuda() for m in models)
+    requests = requests_of([*MIXED, CODE], presence_penalty=1.5)
+    want = [r.token_ids for r in spec(models, drafter, use_kernels=False).generate(requests)]
+    assert [r.token_ids for r in spec(gpu, drafter).generate(requests)] == want
