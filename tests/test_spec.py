@@ -505,6 +505,16 @@ def test_bad_options_and_drafters(models):
     with pytest.raises(ValueError, match="verifier"):
         Engine(pipo, mode="spec")
 
+    class TooBig(EmbedTree):  # a tree larger than the drafter declared: pages would overflow
+        def propose(self, view, need_probs):
+            self.num_nodes, self.max_depth = 2, 1
+            return super().propose(view, need_probs)
+
+    engine = Engine(ar, mode="spec", drafter=TooBig(DraftOptions(3)))
+    with pytest.raises(RuntimeError, match="drafter 'embed': a tree of 4 nodes"):
+        engine.generate(requests_of(MIXED[:1]))
+    assert all(c.num_free_pages == c.num_pages for c in engine._caches())
+
 
 # ---------------------------------------------------------------------------- engine contract
 

@@ -11,6 +11,10 @@ followed it. The first continuation is extended by looking up again with the pro
 (greedy rows only: a deterministic proposal has one-hot draft probabilities, so a sampled row
 gets its best chain, see ``pipo.drafters.base``).
 
+With sampling the AR distribution is kept, but which token a seed gives depends on the drafts,
+and so (through the shared pool) on the other requests the drafter has seen; greedy output does
+not depend on them.
+
 The work is on the host between rounds (``prepare``); the tree reaches the device in one copy.
 The tree is as large as the longest proposal of the batch this round (rows with a shorter one
 are padded with a chain of their last token, which the verifier almost always rejects), so a
