@@ -162,6 +162,9 @@ class FixedQ(Drafter):
         probs = self.q.expand(b, n, -1).contiguous() if need_probs else None
         return DraftTree(tokens, parents, depths, self.max_depth, probs)
 
+    def accept(self, view, acc):
+        self.lengths = getattr(self, "lengths", []) + acc.length[acc.active].tolist()
+
 
 class EmbedTree(Drafter):
     """A capturable drafter on ``grow``: the verifier's own embedding of a node's token is its
@@ -354,7 +357,8 @@ def test_stochastic_keeps_the_ar_distribution(models, width):
         page_size=4,
     )
     outs = _sampled(engine, prompt, 300, 3)
-    assert engine.stats.accepted_draft_tokens > 100  # the acceptance path is exercised
+    lengths = engine.drafter.lengths
+    assert sum(n >= 2 for n in lengths) > 30  # depth-2 nodes are accepted, often
     for j in (1, 2):
         ctx = [prompt + o[:j] for o in outs]
         p = _target_probs(ar, ctx)
@@ -482,6 +486,20 @@ def test_grow_builds_valid_trees(models, opts, need):
         assert len(set(pairs)) == len(pairs)
     if need:
         torch.testing.assert_close(tree.draft_probs.sum(-1), torch.ones(b, shape.num_nodes))
+
+
+def test_cli_drafters(capsys):
+    from pipo import cli
+
+    args = ["generate", "--prompt", "ab ab ab ab", "--mode", "spec", "--max-new-tokens", "9"]
+    for extra in (["--drafter", "ngram", "--tree", "topk"], ["--draft-tokens", "3"]):
+        assert cli.main([*args, "--ignore-eos", "--threads", "1", *extra]) == 0
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("mode=spec ") and "new_tokens=9" in err
+    assert cli.main([*args, "--drafter", "mtp"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pipo: drafter: 'mtp' needs its trained heads, and none are shipped or given yet"
+    )
 
 
 def test_bad_options_and_drafters(models):
