@@ -19,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS_ROOT="${PIPO_RESULTS_DIR:-benchmarks/results/local}"
 STEPS="${STEPS:-build tests memcheck racecheck e2e bench}"
-OP_TESTS="tests/test_kv_cache.py tests/test_latent.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py"
+OP_TESTS="tests/test_kv_cache.py tests/test_latent.py tests/test_pair_out.py tests/test_sampling.py tests/test_attention.py tests/test_verify.py"
 MEMCHECK_TESTS="${MEMCHECK_TESTS:-$OP_TESTS}"
 # The CUDA kernels with shared memory: latent norm pre-pass, attention, verify, sampling reductions.
 RACECHECK_TESTS="${RACECHECK_TESTS:-tests/test_latent.py tests/test_attention.py tests/test_verify.py tests/test_sampling.py}"

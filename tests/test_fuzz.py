@@ -120,6 +120,7 @@ LATENT = dict(
     ids32=st.booleans(),
     bias=st.booleans(),
     activation=st.sampled_from(("none", "silu")),
+    fold=st.sampled_from((2, 4, 1, 3)),  # fold_pairs' tokens per group (unfold_input ignores it)
 )
 SAMPLE = dict(
     dtype=dtypes,
@@ -135,6 +136,7 @@ PAIR = dict(
     hidden=st.sampled_from((1, 8, 16)),
     threshold=st.sampled_from((-1.0, 0.0, 0.5, 1.0, 2.0)),
 )
+GROUP = dict(PAIR, steps=st.sampled_from((3, 0, 1, 2)))
 NORM = dict(dtype=dtypes, n=small, hidden=st.sampled_from((8, 1, 16)))
 ROPE = dict(
     {k: v for k, v in KV.items() if k != "heads"},
@@ -183,6 +185,7 @@ PARAMS = {
     "unfold_input": LATENT,
     "sample_tokens": SAMPLE,
     "pair_out": PAIR,
+    "group_out": GROUP,
     "paged_attention": attention_params,
     "verify_tree": TREE,
     "verify_tree_stochastic": TREE,
