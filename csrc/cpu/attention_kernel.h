@@ -135,6 +135,27 @@ void scores_bf16(const Params& p, const c10::BFloat16* k_cache, const int32_t* p
   }
 }
 
+// Output dims [d, d + N) of pv_bf16, accumulated in registers over every key pair (N fixed, so
+// nothing spills: a run-time count of dims kept the accumulators on the stack).
+template <int N, int C>
+PIPO_INLINE void pv_dims_bf16(int64_t d, int64_t D, int64_t pairs, const vf* alpha,
+                              const uint32_t* pp, const uint32_t* vp, float* ot) {
+  constexpr int R = C * 16;
+  vf acc[N][C];
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) acc[i][c] = load16(ot + (d + i) * R + c * 16) * alpha[c];
+  for (int64_t m = 0; m < pairs; ++m) {
+    vu pv[C];
+    for (int c = 0; c < C; ++c) pv[c] = load16(pp + m * R + c * 16);
+    for (int i = 0; i < N; ++i) {
+      const vu vb = splat16(vp[m * D + d + i]);
+      for (int c = 0; c < C; ++c) acc[i][c] = dot2(acc[i][c], pv[c], vb);
+    }
+  }
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) store16(ot + (d + i) * R + c * 16, acc[i][c]);
+}
+
 // ot[d][:] = alpha * ot[d][:] + sum_j v[j][d] * s[j][:] over key pairs: the probabilities are
 // packed in place into [kBlockN / 2][R] bfloat16 pairs, V rows 2m and 2m+1 into vp[m][D].
 template <int C>
@@ -163,23 +184,9 @@ void pv_bf16(const Params& p, const c10::BFloat16* v_cache, const int32_t* pages
       store16(pp + m * R + c * 16, lo | hi << 16);
     }
   }
-  for (int64_t d = 0; d < D; d += 4) {
-    const int64_t nd = std::min<int64_t>(4, D - d);
-    vf acc[4][C];
-    for (int i = 0; i < 4; ++i)
-      for (int c = 0; c < C; ++c)
-        acc[i][c] = i < nd ? load16(ot + (d + i) * R + c * 16) * alpha[c] : vf{};
-    for (int64_t m = 0; m < pairs; ++m) {
-      vu pv[C];
-      for (int c = 0; c < C; ++c) pv[c] = load16(pp + m * R + c * 16);
-      for (int i = 0; i < 4; ++i) {
-        const vu vb = splat16(i < nd ? vp[m * D + d + i] : 0u);
-        for (int c = 0; c < C; ++c) acc[i][c] = dot2(acc[i][c], pv[c], vb);
-      }
-    }
-    for (int i = 0; i < nd; ++i)
-      for (int c = 0; c < C; ++c) store16(ot + (d + i) * R + c * 16, acc[i][c]);
-  }
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) pv_dims_bf16<4, C>(d, D, pairs, alpha, pp, vp, ot);
+  for (; d < D; ++d) pv_dims_bf16<1, C>(d, D, pairs, alpha, pp, vp, ot);
 }
 #endif
 
@@ -385,16 +392,17 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
 
 template <typename T>
 void run_typed(const Params& p, const std::vector<Task>& tasks) {
-  const int64_t per_task = p.num_kv_heads * p.num_splits;
-  const int64_t total = static_cast<int64_t>(tasks.size()) * per_task;
-  // Handed out one at a time, longest tasks first (the caller's order): the tiles of a causal
-  // prefill differ in length up to q_len-fold, so equal static shares would leave threads idle.
+  const int64_t per_head = static_cast<int64_t>(tasks.size()) * p.num_splits;
+  const int64_t total = per_head * p.num_kv_heads;
+  // Handed out one at a time, kv head major (consecutive items reuse one head's K/V from the
+  // cache), each head's tasks longest first (the caller's order): the tiles of a causal prefill
+  // differ in length up to q_len-fold, so equal static shares would leave threads idle.
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min<int64_t>(total, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     Scratch w(p.head_dim);
     for (int64_t i = next++; i < total; i = next++) {
-      const Task& task = tasks[i / per_task];
-      const int64_t hkv = (i % per_task) / p.num_splits, split = i % p.num_splits;
+      const Task& task = tasks[(i % per_head) / p.num_splits];
+      const int64_t hkv = i / per_head, split = i % p.num_splits;
       switch ((task.rows + 15) / 16) {
         case 1:
           attend_tile<T, 1>(p, task, hkv, split, w);
