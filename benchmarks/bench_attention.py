@@ -351,8 +351,8 @@ def prefill_cases(args, grid, dtype, device, peak_tflops, skipped):
     use_flex = args.flex or device.type != "cpu"
     if not use_flex:
         skipped.append(
-            "flex: FlexAttention on a CPU runs compiled only (inductor C++ codegen per shape, "
-            "minutes on this machine); --flex times it"
+            "flex: not timed on a CPU without --flex (FlexAttention runs there only through "
+            "torch.compile, one inductor C++ compile per shape)"
         )
 
     def failed(name, label, exc):
@@ -392,7 +392,8 @@ def prefill_cases(args, grid, dtype, device, peak_tflops, skipped):
             op="paged_attention",
             bytes=kv_bytes,
             flops=flops,
-            limit=("matmul", flops / (peak_tflops * 1e12) * 1e3),
+            # Decode is bound by the KV bytes (gbs, frac_copy_bw); the rest by the matmul rate.
+            limit=None if kind == "decode" else ("matmul", flops / (peak_tflops * 1e12) * 1e3),
         )
         del qd, k, v, dense, fns, t_args
         if device.type == "cuda":
