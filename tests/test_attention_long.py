@@ -119,3 +119,19 @@ def test_long_lower_triangular_tree_equals_causal(device, backend):
     tree, lse_t = pipo_kernels.paged_attention(*args[:6], tril, return_lse=True, backend=backend)
     torch.testing.assert_close(tree, causal, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(lse_t, lse_c, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512bf16"])
+def test_long_blocks_every_cpu_kernel_copy(isa, monkeypatch):
+    """Each instruction-set copy of the CPU kernel (PIPO_CPU_ISA caps the choice; a copy the CPU
+    lacks falls back to a lower one) on a 1000+ query causal block and a tree over 4k."""
+    if not pipo_kernels.HAS_C:
+        pytest.skip("pipo_kernels._C is not built")
+    monkeypatch.setenv("PIPO_CPU_ISA", isa)
+    for index in (0, 3):
+        case = dataclasses.replace(LONG[index], head_dim=64)
+        args, ref = exact_inputs(case, seed=index)
+        for dtype in DTYPES:
+            typed = [None if t is None else t.to(_dtype_of(t, dtype)) for t in args]
+            out, lse = pipo_kernels.paged_attention(*typed, return_lse=True, backend="cpu")
+            check_long(out, lse, ref, dtype)

@@ -64,19 +64,23 @@ inline int64_t split_chunk(int64_t kv_len, int64_t splits) {
 #pragma GCC diagnostic ignored "-Wpsabi"
 PIPO_PUSH_TARGET(PIPO_TARGET_AVX512_BF16)
 #define PIPO_ISA avx512bf16
+#define PIPO_ISA_AVX512
 #define PIPO_ISA_F16C
 #define PIPO_ISA_BF16_DOT
 #include "attention_kernel.h"
 #undef PIPO_ISA_BF16_DOT
 #undef PIPO_ISA_F16C
+#undef PIPO_ISA_AVX512
 #undef PIPO_ISA
 PIPO_POP_TARGET()
 
 PIPO_PUSH_TARGET(PIPO_TARGET_AVX512)
 #define PIPO_ISA avx512
+#define PIPO_ISA_AVX512
 #define PIPO_ISA_F16C
 #include "attention_kernel.h"
 #undef PIPO_ISA_F16C
+#undef PIPO_ISA_AVX512
 #undef PIPO_ISA
 PIPO_POP_TARGET()
 
