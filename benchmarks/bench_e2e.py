@@ -3,6 +3,8 @@ tokens per backbone pass, token2 commit rate, acceptance length, memory and KV b
 
     python -m benchmarks.bench_e2e --quick                     # CPU: the built-in model
     python -m benchmarks.bench_e2e --device cuda --preset qwen3-4b   # GPU: random 4B weights
+    python -m benchmarks.bench_e2e --device cuda --configs 1x4096 1x16384 1x1024 8x2048 \
+        --modes ar pipo --interleave --new-tokens 8 --tag ttft       # the TTFT targets
 
 Model. ``--preset builtin`` (the CPU default) loads the shipped checkpoints (``pipo.checkpoint.
 load_builtin``): commit rates and acceptance are real, and prompts are this repository's own
@@ -11,8 +13,12 @@ Python sources, which the built-in model never trained on. Any other preset gets
 but commit rates and acceptance do, so with random weights the PIPO gate is forced by
 ``--threshold`` (default -1: every token2 committed) and those columns are labelled synthetic.
 
-Timing. Each configuration runs one warm-up ``generate`` (which also captures the CUDA graphs)
-and then ``--repeats`` timed ones; every number is the median over the timed runs. TTFT is the
+Timing. Each configuration runs one warm-up ``generate`` per mode (which also captures the CUDA
+graphs) and then ``--repeats`` timed ones; every number is the median over the timed runs
+(``ttft_runs_ms`` lists them). ``--interleave`` times the modes of a configuration in turn, round
+after round, so their ratio is measured under the same machine load (a shared CPU).
+``--configs 1x4096 8x2048`` gives the configurations in order, instead of every ``--batch`` x
+``--prompt-lens``; the JSON is rewritten as each mode (interleaved: configuration) finishes. TTFT is the
 mean over requests of generate() start -> the request's first token (prefill + first sample);
 TPOT is first -> last token per further token. Tokens reach the host after a device sync, so
 the host clock times device work.
@@ -32,6 +38,7 @@ where a step is one backbone pass (TPOT x tokens per pass).
 
 from __future__ import annotations
 
+import argparse
 import gc
 import random
 import resource
@@ -112,7 +119,8 @@ def fits(args, models, batch: int, prompt_len: int, device: torch.device) -> boo
     return need < 0.85 * torch.cuda.get_device_properties(device).total_memory
 
 
-def run_config(args, models, mode: str, batch: int, prompt_len: int, device) -> dict:
+def make_engine(args, models, mode: str, batch: int, prompt_len: int) -> tuple[Engine, list]:
+    """The engine of one mode sized for the configuration, and its prompts (token id lists)."""
     cfg = models["ar"].config
     page_size = 16
     per_seq = prompt_len + args.new_tokens + 4 * page_size
@@ -129,20 +137,41 @@ def run_config(args, models, mode: str, batch: int, prompt_len: int, device) -> 
         cuda_graphs=args.cuda_graphs and mode != "spec",
         compile_step=args.compile and mode != "spec",
     )
-    params = SamplingParams(
-        max_new_tokens=args.new_tokens, ignore_eos=True, presence_penalty=args.presence_penalty
-    )
     if args.preset == "builtin":
         prompts = [prompt_text_ids(prompt_len, seed=i) for i in range(batch)]
     else:
         prompts = [prompt_random_ids(prompt_len, cfg.vocab_size, seed=i) for i in range(batch)]
-    stats = []
-    for i in range(args.repeats + 1):
-        if i == 1 and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        engine.generate([Request(p, params) for p in prompts])
-        stats.append(engine.stats)
-    timed = stats[1:]
+    return engine, prompts
+
+
+def run_config(args, models, batch: int, prompt_len: int, device):
+    """Yields the rows of every mode of args.modes at one (batch, prompt length), a list at a time:
+    each mode on its own (one warm-up generate, which also captures the CUDA graphs, then
+    args.repeats timed ones, its engine freed before the next mode), or with args.interleave all
+    modes' engines at once, timed in turn round after round so that every mode sees the same
+    machine load (peak memory then counts every engine)."""
+    params = SamplingParams(
+        max_new_tokens=args.new_tokens, ignore_eos=True, presence_penalty=args.presence_penalty
+    )
+    for modes in [args.modes] if args.interleave else [[m] for m in args.modes]:
+        engines = {m: make_engine(args, models, m, batch, prompt_len) for m in modes}
+        stats: dict[str, list] = {m: [] for m in modes}
+        for i in range(args.repeats + 1):
+            if i == 1 and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            for m, (engine, prompts) in engines.items():
+                engine.generate([Request(p, params) for p in prompts])
+                stats[m].append(engine.stats)
+        yield [mode_row(args, models, m, batch, prompt_len, stats[m][1:], device) for m in modes]
+        del engines
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def mode_row(args, models, mode: str, batch: int, prompt_len: int, timed: list, device) -> dict:
+    """One mode's row from the stats of its timed generate calls (medians)."""
+    cfg = models["ar"].config
     s = timed[0]
 
     def med(attr: str) -> float:
@@ -153,12 +182,13 @@ def run_config(args, models, mode: str, batch: int, prompt_len: int, device) -> 
     roofline_ms = step_bytes(mode, models, batch, context) / (args.copy_gbs * 1e9) * 1e3
     step_ms = tpot_ms * s.tokens_per_pass
     rows_sampled = batch * (2 if mode == "pipo" else 1)
-    row = {
+    return {
         "mode": mode,
         "preset": args.preset,
         "batch": batch,
         "prompt_len": prompt_len,
         "ttft_ms": ttft_ms,
+        "ttft_runs_ms": [t.ttft_s * 1e3 for t in timed],
         "tpot_ms": tpot_ms,
         "tokens_per_s": med("tokens_per_s"),
         "tokens_per_pass": s.tokens_per_pass,
@@ -170,11 +200,6 @@ def run_config(args, models, mode: str, batch: int, prompt_len: int, device) -> 
         "roofline_step_ms": roofline_ms,
         "frac_roofline": roofline_ms / step_ms if step_ms > 0 else None,
     }
-    del engine
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
 
 
 def load_models(args, device: torch.device, dtype: torch.dtype) -> dict:
@@ -208,7 +233,7 @@ def run(args) -> list[dict]:
     args.copy_gbs = copy_bandwidth_gbs(device)
     peak_tflops = matmul_tflops(device, dtype)
     models = load_models(args, device, dtype)
-    configs = [(b, n) for b in args.batch for n in args.prompt_lens]
+    configs = args.configs or [(b, n) for b in args.batch for n in args.prompt_lens]
     rows, skipped = [], []
     synthetic = args.preset != "builtin"
     extra = {
@@ -219,6 +244,7 @@ def run(args) -> list[dict]:
         "presence_penalty": args.presence_penalty,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
+        "interleaved": args.interleave,
         "threshold": args.threshold,
         "weights": "random (commit rates and acceptance synthetic)" if synthetic else "built-in",
         "threads": torch.get_num_threads(),
@@ -233,11 +259,12 @@ def run(args) -> list[dict]:
         if not fits(args, models, batch, prompt_len, device):
             skipped.append(f"batch {batch} x prompt {prompt_len}")
             continue
-        for mode in args.modes:
-            rows.append(run_config(args, models, mode, batch, prompt_len, device))
+        for measured in run_config(args, models, batch, prompt_len, device):
+            rows += measured
             add_ratios(rows)
-            # Written after every mode, so a run stopped at a time limit keeps what finished (run
-            # 2 on the H100 lost ar and pipo at prompt 1024 while spec ran: benchmarks/NOTES.md).
+            # Written as soon as a mode (interleaved: a configuration) is measured, so a run
+            # stopped at a time limit keeps what finished (run 2 on the H100 lost ar and pipo at
+            # prompt 1024 while spec ran: benchmarks/NOTES.md).
             path = write_results(name, device, rows, extra, out_dir=args.out)
     print(
         format_table(
@@ -270,13 +297,34 @@ def run(args) -> list[dict]:
     return rows
 
 
+def batch_by_prompt(text: str) -> tuple[int, int]:
+    """'8x2048' -> (8, 2048)."""
+    batch, _, prompt = text.partition("x")
+    try:
+        return int(batch), int(prompt)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxPROMPT, got {text!r}") from None
+
+
 def main(argv=None) -> None:
     parser = bench_parser(__doc__, quick_help="fewer shapes, 32 new tokens, one timed run")
     parser.add_argument("--preset", choices=["builtin", *sorted(PRESETS)], default=None)
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="fp32 on CPU, bf16 on GPU")
     parser.add_argument("--batch", type=int, nargs="+", default=None)
     parser.add_argument("--prompt-lens", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--configs",
+        type=batch_by_prompt,
+        nargs="+",
+        help="BATCHxPROMPT configurations in this order (e.g. 1x4096 8x2048), instead of "
+        "--batch x --prompt-lens",
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the modes of a configuration in turn, round after round (same machine load)",
+    )
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threshold", type=float, default=None)

@@ -4,8 +4,10 @@
 #   2. at the same time: the test suite's GPU tests (CUDA and Triton backends, the engine's CUDA
 #      and CUDA-graph tests), compute-sanitizer memcheck over the CUDA-backend op tests, and
 #      racecheck over the kernels that use shared memory,
-#   3. the end-to-end benchmark (Qwen3-4B-like random weights, CUDA graphs; batch 1 at prompts
-#      128..16k, then batch 8 and 32), then every op benchmark,
+#   3. the end-to-end benchmark (Qwen3-4B-like random weights, CUDA graphs): first the TTFT
+#      targets (batch 1 at prompts 4k, 16k, 1k, then batch 8 at 2k; AR and PIPO), then batch 1 at
+#      prompts 128..16k, batch 8 and 32; then the prefill sweep of bench_attention (its target
+#      shapes first) and every op benchmark,
 # with results and logs under $PIPO_RESULTS_DIR/<device-name>/ (default benchmarks/results/local/,
 # ignored by git: copy a run into benchmarks/results/<device-name>/ to publish it) and a short
 # summary table printed last. environment.txt records the code mechanically: `git rev-parse HEAD`,
@@ -27,6 +29,7 @@ BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$
 BENCH_ARGS="${BENCH_ARGS:-}"
 LIMIT_BUILD="${LIMIT_BUILD:-300}" LIMIT_TESTS="${LIMIT_TESTS:-300}" LIMIT_SAN="${LIMIT_SAN:-300}"
 LIMIT_BENCH="${LIMIT_BENCH:-120}" LIMIT_E2E="${LIMIT_E2E:-300}"
+LIMIT_TTFT="${LIMIT_TTFT:-240}" LIMIT_PREFILL="${LIMIT_PREFILL:-180}"
 E2E_NEW_TOKENS="${E2E_NEW_TOKENS:-32}"
 export PYTHONUNBUFFERED=1
 has_step() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -99,8 +102,14 @@ fi
 wait
 
 if has_step e2e; then
-  # Most important first: batch 1 over the prompt lengths (the TTFT / TPOT targets), then the
-  # batched rows, then spec (with random weights it accepts nothing and runs eagerly: slow).
+  # The TTFT targets first (PIPO >= 2.3x AR at 4k, >= 2.64x at 16k): each configuration's JSON
+  # is written as soon as it is measured (AR and PIPO interleaved), so a stop at the limit keeps
+  # what finished.
+  run_step e2e_ttft "$LIMIT_TTFT" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
+    --configs 1x4096 1x16384 1x1024 8x2048 --modes ar pipo --interleave --new-tokens 8 \
+    --repeats 2 --tag ttft
+  # Then batch 1 over the prompt lengths (the TTFT / TPOT targets), then the batched rows, then
+  # spec (with random weights it accepts nothing and runs eagerly: slow).
   run_step e2e_batch1 "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
     --batch 1 --prompt-lens 4096 16384 1024 128 --modes ar pipo --new-tokens "$E2E_NEW_TOKENS" \
     --repeats 1 --tag b1
@@ -115,6 +124,10 @@ if has_step e2e; then
     --batch 1 --prompt-lens 128 --new-tokens 16 --repeats 1 --tag spec
 fi
 if has_step bench; then
+  # The prefill sweep first (bf16 prefill vs SDPA flash and the matmul peak, trees vs
+  # FlexAttention): its JSON is rewritten after every shape, target shapes first.
+  run_step bench_attention_prefill "$LIMIT_PREFILL" python3 -m benchmarks.bench_attention \
+    --prefill --device cuda --out "$DEST"
   for name in $BENCHES; do
     # shellcheck disable=SC2086
     run_step "bench_$name" "$LIMIT_BENCH" python3 -m "benchmarks.bench_$name" --device cuda \

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -63,19 +64,23 @@ inline int64_t split_chunk(int64_t kv_len, int64_t splits) {
 #pragma GCC diagnostic ignored "-Wpsabi"
 PIPO_PUSH_TARGET(PIPO_TARGET_AVX512_BF16)
 #define PIPO_ISA avx512bf16
+#define PIPO_ISA_AVX512
 #define PIPO_ISA_F16C
 #define PIPO_ISA_BF16_DOT
 #include "attention_kernel.h"
 #undef PIPO_ISA_BF16_DOT
 #undef PIPO_ISA_F16C
+#undef PIPO_ISA_AVX512
 #undef PIPO_ISA
 PIPO_POP_TARGET()
 
 PIPO_PUSH_TARGET(PIPO_TARGET_AVX512)
 #define PIPO_ISA avx512
+#define PIPO_ISA_AVX512
 #define PIPO_ISA_F16C
 #include "attention_kernel.h"
 #undef PIPO_ISA_F16C
+#undef PIPO_ISA_AVX512
 #undef PIPO_ISA
 PIPO_POP_TARGET()
 
@@ -185,6 +190,13 @@ std::tuple<at::Tensor, at::Tensor> paged_attention_cpu(
     if (rows > 0) max_kv = std::max<int64_t>(max_kv, p.kv_lens[b]);
   }
   if (tasks.empty()) return {out, lse};
+  // Longest first (the positions a tile visits), for the kernel's one-at-a-time hand-out.
+  auto visited = [&](const Task& t) {
+    const int64_t kv_len = p.kv_lens[t.seq], q_len = p.q_indptr[t.seq + 1] - p.q_indptr[t.seq];
+    return p.tree_mask != nullptr ? kv_len : kv_len - q_len + (t.row0 + t.rows - 1) / p.group + 1;
+  };
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [&](const Task& a, const Task& b) { return visited(a) > visited(b); });
   // Automatic: split long sequences only when there are too few tasks for the threads, keeping
   // at least 512 positions per split.
   const int64_t base = static_cast<int64_t>(tasks.size()) * p.num_kv_heads;

@@ -20,8 +20,26 @@ using vf = cpu::vf16;
 using vi = cpu::vi16;
 using vu = cpu::vu16;
 using cpu::load16;
-using cpu::splat16;
 using cpu::store16;
+
+// Broadcasts, defined inside this file's target region (see vec.h). AVX-512: a shuffle of lane
+// 0, one vbroadcastss / vpbroadcastd or a broadcast operand of the FMA. The narrower copies
+// split a 16-lane shuffle into slow pieces (3x slower prefill on AVX2), so they build the
+// vector from its lanes.
+#ifdef PIPO_ISA_AVX512
+template <typename V, typename S>
+PIPO_INLINE V splat_lanes(S x) {
+  return __builtin_shuffle(V{x}, vi{});
+}
+#else
+template <typename V, typename S>
+PIPO_INLINE V splat_lanes(S x) {
+  return V{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
+#endif
+PIPO_INLINE vf splat16(float x) { return splat_lanes<vf>(x); }
+PIPO_INLINE vu splat16(uint32_t x) { return splat_lanes<vu>(x); }
+PIPO_INLINE vi splat16(int32_t x) { return splat_lanes<vi>(x); }
 
 PIPO_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 
@@ -130,6 +148,27 @@ void scores_bf16(const Params& p, const c10::BFloat16* k_cache, const int32_t* p
   }
 }
 
+// Output dims [d, d + N) of pv_bf16, accumulated in registers over every key pair (N fixed, so
+// nothing spills: a run-time count of dims kept the accumulators on the stack).
+template <int N, int C>
+PIPO_INLINE void pv_dims_bf16(int64_t d, int64_t D, int64_t pairs, const vf* alpha,
+                              const uint32_t* pp, const uint32_t* vp, float* ot) {
+  constexpr int R = C * 16;
+  vf acc[N][C];
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) acc[i][c] = load16(ot + (d + i) * R + c * 16) * alpha[c];
+  for (int64_t m = 0; m < pairs; ++m) {
+    vu pv[C];
+    for (int c = 0; c < C; ++c) pv[c] = load16(pp + m * R + c * 16);
+    for (int i = 0; i < N; ++i) {
+      const vu vb = splat16(vp[m * D + d + i]);
+      for (int c = 0; c < C; ++c) acc[i][c] = dot2(acc[i][c], pv[c], vb);
+    }
+  }
+  for (int i = 0; i < N; ++i)
+    for (int c = 0; c < C; ++c) store16(ot + (d + i) * R + c * 16, acc[i][c]);
+}
+
 // ot[d][:] = alpha * ot[d][:] + sum_j v[j][d] * s[j][:] over key pairs: the probabilities are
 // packed in place into [kBlockN / 2][R] bfloat16 pairs, V rows 2m and 2m+1 into vp[m][D].
 template <int C>
@@ -158,23 +197,9 @@ void pv_bf16(const Params& p, const c10::BFloat16* v_cache, const int32_t* pages
       store16(pp + m * R + c * 16, lo | hi << 16);
     }
   }
-  for (int64_t d = 0; d < D; d += 4) {
-    const int64_t nd = std::min<int64_t>(4, D - d);
-    vf acc[4][C];
-    for (int i = 0; i < 4; ++i)
-      for (int c = 0; c < C; ++c)
-        acc[i][c] = i < nd ? load16(ot + (d + i) * R + c * 16) * alpha[c] : vf{};
-    for (int64_t m = 0; m < pairs; ++m) {
-      vu pv[C];
-      for (int c = 0; c < C; ++c) pv[c] = load16(pp + m * R + c * 16);
-      for (int i = 0; i < 4; ++i) {
-        const vu vb = splat16(i < nd ? vp[m * D + d + i] : 0u);
-        for (int c = 0; c < C; ++c) acc[i][c] = dot2(acc[i][c], pv[c], vb);
-      }
-    }
-    for (int i = 0; i < nd; ++i)
-      for (int c = 0; c < C; ++c) store16(ot + (d + i) * R + c * 16, acc[i][c]);
-  }
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) pv_dims_bf16<4, C>(d, D, pairs, alpha, pp, vp, ot);
+  for (; d < D; ++d) pv_dims_bf16<1, C>(d, D, pairs, alpha, pp, vp, ot);
 }
 #endif
 
@@ -199,17 +224,17 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
   const T* v_cache = static_cast<const T*>(p.v_cache);
   const int32_t* pages = p.block_table + b * p.max_pages;
 
-  int64_t qi_of[R];
-  int64_t last_qi = 0;
+  // Query index of each row; padding rows copy the last real one (their results are dropped).
+  int32_t qi_of[R];
+  const int64_t first_qi = task.row0 / G, last_qi = (task.row0 + nrows - 1) / G;
   for (int64_t r = 0; r < R; ++r) {
     if (r >= nrows) {
-      qi_of[r] = -1;
+      qi_of[r] = static_cast<int32_t>(last_qi);
       for (int64_t d = 0; d < D; ++d) qt[d * R + r] = 0.0f;  // zero bits: float or bf16 pairs
       continue;
     }
     const int64_t rr = task.row0 + r, qi = rr / G, head = hkv * G + rr % G;
-    qi_of[r] = qi;
-    last_qi = qi;
+    qi_of[r] = static_cast<int32_t>(qi);
     const T* q_row = q + (q_start + qi) * p.q_stride_tok + head * p.q_stride_head;
     if (pairs) {  // qt holds [D / 2][R] bfloat16 pairs, unscaled (scaled as scores)
       uint32_t* qp = reinterpret_cast<uint32_t*>(qt);
@@ -275,14 +300,27 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
         for (int c = 0; c < C; ++c) store16(s + n * R + c * 16, acc[c]);
       }
     }
-    // Mask the query part of the range (the prefix is seen by every query).
-    for (int64_t j = std::max<int64_t>(0, prefix - blk); j < nv; ++j) {
-      const int64_t key = blk + j - prefix;
+    // Mask the query part of the range (the prefix is seen by every query). Causal: only the
+    // blocks that reach past the tile's first query (one or two per tile in a long prefill) have
+    // anything to mask, 16 rows per compare.
+    const int64_t j0 = std::max<int64_t>(0, prefix - blk);
+    if (p.tree_mask == nullptr) {
+      if (blk + nv - 1 - prefix > first_qi) {
+        vi qv[C];
+        std::memcpy(qv, qi_of, sizeof(qv));
+        for (int64_t j = j0; j < nv; ++j) {
+          const vi key = splat16(static_cast<int32_t>(blk + j - prefix));
+          for (int c = 0; c < C; ++c) {
+            float* sj = s + j * R + c * 16;
+            store16(sj, key > qv[c] ? splat16(-INFINITY) : load16(sj));
+          }
+        }
+      }
+    } else {
       for (int64_t r = 0; r < nrows; ++r) {
-        const int64_t qi = qi_of[r];
-        const bool seen =
-            p.tree_mask == nullptr ? key <= qi : p.tree_mask[(q_start + qi) * p.mask_stride + key];
-        if (!seen) s[j * R + r] = -INFINITY;
+        const bool* row = p.tree_mask + (q_start + qi_of[r]) * p.mask_stride;
+        for (int64_t j = j0; j < nv; ++j)
+          if (!row[blk + j - prefix]) s[j * R + r] = -INFINITY;
       }
     }
     // Online softmax over the block, vectorised over rows (base 2: scores carry log2(e)).
@@ -367,29 +405,33 @@ void attend_tile(const Params& p, const Task& task, int64_t hkv, int64_t split, 
 
 template <typename T>
 void run_typed(const Params& p, const std::vector<Task>& tasks) {
-  const int64_t per_task = p.num_kv_heads * p.num_splits;
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()) * per_task, 1,
-                   [&](int64_t i0, int64_t i1) {
-                     Scratch w(p.head_dim);
-                     for (int64_t i = i0; i < i1; ++i) {
-                       const Task& task = tasks[i / per_task];
-                       const int64_t hkv = (i % per_task) / p.num_splits, split = i % p.num_splits;
-                       switch ((task.rows + 15) / 16) {
-                         case 1:
-                           attend_tile<T, 1>(p, task, hkv, split, w);
-                           break;
-                         case 2:
-                           attend_tile<T, 2>(p, task, hkv, split, w);
-                           break;
-                         case 3:
-                           attend_tile<T, 3>(p, task, hkv, split, w);
-                           break;
-                         default:
-                           attend_tile<T, 4>(p, task, hkv, split, w);
-                           break;
-                       }
-                     }
-                   });
+  const int64_t per_head = static_cast<int64_t>(tasks.size()) * p.num_splits;
+  const int64_t total = per_head * p.num_kv_heads;
+  // Handed out one at a time, kv head major (consecutive items reuse one head's K/V from the
+  // cache), each head's tasks longest first (the caller's order): the tiles of a causal prefill
+  // differ in length up to q_len-fold, so equal static shares would leave threads idle.
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(total, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    Scratch w(p.head_dim);
+    for (int64_t i = next++; i < total; i = next++) {
+      const Task& task = tasks[(i % per_head) / p.num_splits];
+      const int64_t hkv = i / per_head, split = i % p.num_splits;
+      switch ((task.rows + 15) / 16) {
+        case 1:
+          attend_tile<T, 1>(p, task, hkv, split, w);
+          break;
+        case 2:
+          attend_tile<T, 2>(p, task, hkv, split, w);
+          break;
+        case 3:
+          attend_tile<T, 3>(p, task, hkv, split, w);
+          break;
+        default:
+          attend_tile<T, 4>(p, task, hkv, split, w);
+          break;
+      }
+    }
+  });
 }
 
 }  // namespace

@@ -92,10 +92,11 @@ PIPO_INLINE vu16 load16(const uint32_t* p) {
   return v;
 }
 PIPO_INLINE void store16(uint32_t* p, const vu16& v) { std::memcpy(p, &v, sizeof(v)); }
-PIPO_INLINE vf16 splat16(float x) { return vf16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-PIPO_INLINE vu16 splat16(uint32_t x) {
-  return vu16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-}
+// No broadcast (scalar -> vector) helper here: one must be defined inside the target region of
+// the kernel that uses it (attention_kernel.h's splat16). Defined out here, it is lowered for the
+// generic target before it is inlined, and GCC rebuilt every broadcast of the attention kernel's
+// inner loops from 16 masked single-lane loads (prefill 3-4x slower). Loads and stores (memcpy)
+// are unaffected.
 #pragma GCC diagnostic pop
 
 }  // namespace pipo::cpu
