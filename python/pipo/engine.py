@@ -14,7 +14,9 @@ work hides behind the device's (a request that finished at n then runs one waste
 output is dropped). CUDA graphs capture the mode's own ``step`` function per (batch bucket,
 block-table width, penalty) (``pipo.cuda_graphs``); they are on by default on a CUDA device.
 
-Mode "spec" drives its rounds from the host (``pipo.modes.spec``).
+Mode "spec" runs the same loop: its decode step is one draft-and-verify round
+(``pipo.modes.spec``) over the same BatchState, emitting 1 … max_depth + 1 tokens per request and
+round, read back once; a ``Drafter`` (``pipo.drafters``) proposes the trees.
 
 Requests of different lengths run together. A request that runs out of KV pages stops with
 ``finish_reason == "cache_full"`` (its pages are freed); the other requests go on untouched.
@@ -30,6 +32,8 @@ from typing import Protocol
 
 import torch
 
+from .drafters import Drafter, DraftOptions
+from .drafters import make as make_drafter
 from .kv_cache import CacheFullError, PagedKVCache
 from .model import ARModel, PIPOModel
 from .modes import ARMode, Mode, Piece, PIPOMode, SpecMode
@@ -57,18 +61,15 @@ class _Seq:
         self.rid, self.prompt, self.params = rid, prompt_ids, params
         self.units: torch.Tensor | None = None  # the prompt as cache-entry inputs
         self.out: list[int] = []  # every generated token (pipo: model-chosen PADs included)
-        self.seen: set[int] = set()  # generated ids (spec mode's presence penalty)
+        self.seen: set[int] = set()  # generated ids
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.stop_text: str | None = None
-        self.samples = 0  # spec: counter of random draws, the offset of the next one
-        self.pos = 0  # cache entries launched: tokens (ar, spec verifier) or pairs (pipo)
-        self.row = -1  # batch row (ar, pipo)
+        self.pos = 0  # cache entries launched: tokens (ar, spec) or pairs (pipo)
+        self.row = -1  # batch row
         self.filled = 0  # prompt entries prefilled so far
         self.decoding = False  # prompt in the cache: the request decodes
         self.stall: CacheFullError | None = None  # no page for the next step
-        self.d_len = 0  # spec: drafter pairs that are final (equal to the committed text)
-        self.d_mtp = 0  # spec: drafter MTP entries that are final
         self.t_first: float | None = None  # perf_counter() when the first token was emitted
         self.t_last: float | None = None
         self.streamed = 0  # characters of text handed to a stream
@@ -77,30 +78,38 @@ class _Seq:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def offset(self) -> int:
-        self.samples += 1
-        return self.samples - 1
-
 
 class Engine:
-    """Generation engine. ``model`` is an ARModel for mode "ar" and a PIPOModel otherwise;
-    mode "spec" also needs ``verifier`` (an ARModel on the same vocabulary).
+    """Generation engine. ``model`` is an ARModel for mode "ar" and a PIPOModel for mode "pipo".
+    Mode "spec" verifies with an ARModel (``verifier``, or ``model`` when it is one) and drafts
+    with ``drafter``; the PIPO drafter drafts with ``model`` (a PIPOModel).
 
     Args:
         use_kernels: run the pipo ops (``pipo.ops``); False runs the plain-PyTorch reference
             (sampling: the ops' ``backend="torch"``, so both paths draw the same tokens).
         threshold: PIPO's confidence gate θ: < 0 always keeps token2, >= 1 never (the MTP head
             is then skipped), otherwise token2 is kept where confidence >= θ.
-        num_pages, page_size: size of each paged KV cache (spec mode has one per model).
+        num_pages, page_size: size of each paged KV cache (spec mode: the verifier's, and the
+            PIPO drafter's own).
         max_batch_size: requests decoded together; the others wait for a free place.
-        draft_topk, draft_steps: spec mode's tree: draft_topk token1 branches each with its
-            token2, then draft_steps - 1 more (token1, token2) pairs on the best branch.
-        cuda_graphs: capture the decode step of modes "ar" / "pipo" (None: on for CUDA with
-            kernels). On a CPU, True runs the same bucket-padded step eagerly.
+        drafter: spec mode's drafter: a name of ``pipo.drafters.DRAFTERS`` ("ngram", "pipo",
+            "mtp", "medusa") or a ``Drafter``; None: "pipo" when model is a PIPOModel, else
+            "ngram".
+        draft_tokens, tree: the draft tree: draft_tokens nodes beyond the root, shaped
+            "chain", "topk" (draft_topk children at each level's first node) or "dynamic"
+            (EAGLE-2, draft_topk branching, draft_depth levels). None: 4 (the PIPO drafter:
+            its own tree of draft_topk / draft_steps).
+        draft_topk, draft_steps: the PIPO drafter's tree when draft_tokens is None: draft_topk
+            token1 branches each with its token2, then draft_steps - 1 more pairs on the best.
+        draft_depth: the dynamic tree's depth (0: draft_tokens).
+        draft_checkpoint: the drafter's weights, where it has any.
+        cuda_graphs: capture the decode step (None: on for CUDA with kernels; mode spec only
+            with a ``capturable`` drafter). On a CPU, True runs the same bucket-padded step
+            eagerly.
         prefill_chunk: most prompt entries (tokens, or pairs in mode pipo) per prefill pass;
-            longer prompts are split and other requests decode between the chunks (modes ar
-            and pipo; spec prefills each admitted prompt in one pass).
-        overlap: read each iteration's tokens one iteration late (see the module docstring).
+            longer prompts are split and other requests decode between the chunks.
+        overlap: read each iteration's tokens one iteration late (see the module docstring;
+            not mode spec, whose next round depends on this one's tokens).
         compile_step: ``torch.compile`` the decode step of modes "ar" / "pipo" (inductor; one
             compilation per batch bucket and block-table width, tens of seconds each on a CPU).
 
@@ -125,8 +134,13 @@ class Engine:
         num_pages: int = 512,
         page_size: int = 16,
         max_batch_size: int = 16,
+        drafter: str | Drafter | None = None,
+        draft_tokens: int | None = None,
+        tree: str = "chain",
         draft_topk: int = 4,
         draft_steps: int = 1,
+        draft_depth: int = 0,
+        draft_checkpoint: str | None = None,
         cuda_graphs: bool | None = None,
         prefill_chunk: int = 512,
         overlap: bool = False,
@@ -136,22 +150,34 @@ class Engine:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if mode == "ar" and not isinstance(model, ARModel):
             raise ValueError("model: mode 'ar' needs an ARModel")
-        if mode in ("pipo", "spec") and not isinstance(model, PIPOModel):
+        if mode == "pipo" and not isinstance(model, PIPOModel):
             raise ValueError(f"model: mode {mode!r} needs a PIPOModel")
-        if mode == "spec":
-            if not isinstance(verifier, ARModel):
-                raise ValueError("verifier: mode 'spec' needs an ARModel to verify the drafts")
-            if verifier.config.vocab_size != model.config.vocab_size:
-                raise ValueError(
-                    f"verifier: vocab_size {verifier.config.vocab_size} differs from the "
-                    f"drafter's {model.config.vocab_size}"
-                )
-            if cuda_graphs:
-                raise ValueError("cuda_graphs: only modes 'ar' and 'pipo' are captured")
         if draft_topk < 1 or draft_steps < 1:
             raise ValueError(
                 f"draft_topk, draft_steps: expected >= 1, got {draft_topk}, {draft_steps}"
             )
+        self.drafter: Drafter | None = None
+        if mode == "spec":
+            if overlap:
+                raise ValueError("overlap: mode 'spec' drafts from the previous round's tokens")
+            if compile_step:
+                raise ValueError("compile_step: mode 'spec' rounds are not compiled")
+            model, verifier, self.drafter = self._spec_models(
+                model,
+                verifier,
+                drafter,
+                draft_tokens,
+                tree,
+                draft_topk,
+                draft_steps,
+                draft_depth,
+                draft_checkpoint,
+            )
+            if cuda_graphs and not self.drafter.capturable:
+                raise ValueError(
+                    f"cuda_graphs: drafter {self.drafter.name!r} works on the host between "
+                    "rounds and cannot be captured"
+                )
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: expected >= 1, got {max_batch_size}")
         if prefill_chunk < 1:
@@ -168,50 +194,40 @@ class Engine:
         self.config = model.config
         self.device = model.embed_tokens.weight.device
         self.cache: PagedKVCache = model.new_cache(num_pages, page_size)
-        self.vcache: PagedKVCache | None = (
-            verifier.new_cache(num_pages, page_size) if verifier is not None else None
-        )
         kw = dict(use_kernels=use_kernels)
         if mode == "ar":
             self.impl: Mode = ARMode(model, self.cache, threshold=threshold, **kw)
         elif mode == "pipo":
             self.impl = PIPOMode(model, self.cache, threshold=threshold, **kw)
         else:
-            self.impl = SpecMode(
-                model,
-                self.cache,
-                verifier,
-                self.vcache,
-                draft_topk=draft_topk,
-                draft_steps=draft_steps,
-                **kw,
-            )
-            self.impl._reserve, self.impl._emit = self._reserve, self._emit
-        self.state: BatchState | None = None
+            self.impl = SpecMode(model, self.cache, self.drafter, **kw)
         self.graphs = None
         self._step_fn = self.impl.step
-        self._compiled = compile_step and self.impl.static
+        self._compiled = compile_step
         if self._compiled:
             self._step_fn = torch.compile(self.impl.step, dynamic=False)
-        if self.impl.static:
-            self.state = BatchState(
-                max_batch_size,
-                self.impl.token_width,
-                self.config.vocab_size,
-                num_pages,
-                self.device,
+        self.state = BatchState(
+            max_batch_size,
+            self.impl.token_width,
+            self.config.vocab_size,
+            num_pages,
+            self.device,
+            out_width=self.impl.out_width,
+        )
+        if cuda_graphs is None:
+            capturable = self.drafter is None or self.drafter.capturable
+            cuda_graphs = self.device.type == "cuda" and use_kernels and capturable
+        if cuda_graphs and self.device.type == "cuda" and not use_kernels:
+            raise ValueError(
+                "cuda_graphs: the reference path (use_kernels=False) reads tensors on the "
+                "host inside a step and cannot be captured; use the kernels"
             )
-            if cuda_graphs is None:
-                cuda_graphs = self.device.type == "cuda" and use_kernels
-            if cuda_graphs and self.device.type == "cuda" and not use_kernels:
-                raise ValueError(
-                    "cuda_graphs: the reference path (use_kernels=False) reads tensors on the "
-                    "host inside a step and cannot be captured; use the kernels"
-                )
-            if cuda_graphs:
-                from .cuda_graphs import StepGraphs
+        if cuda_graphs:
+            from .cuda_graphs import StepGraphs
 
-                self.graphs = StepGraphs(self._step_fn, self.state, self.device)
+            self.graphs = StepGraphs(
+                self._step_fn, self.state, self.device, extra_mutable=self.impl.mutable
+            )
         self.stats = Stats(mode)
         self._events: list[tuple[_Seq, int]] = []
 
@@ -253,8 +269,7 @@ class Engine:
         self.results: list[Result] = []
         start = time.perf_counter()
         try:
-            loop = self._loop_static(seqs) if self.impl.static else self._loop_host(seqs)
-            for _ in loop:
+            for _ in self._loop(seqs):
                 events, self._events = self._events, []
                 yield from events
         finally:  # an exception or a closed stream must not leave pages owned by dead requests
@@ -262,8 +277,7 @@ class Engine:
             for s in seqs:
                 for c in self._caches():
                     c.release(s.rid)
-            if self.state is not None:
-                self.state.active.zero_()
+            self.state.active.zero_()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.stats.seconds = time.perf_counter() - start
@@ -271,8 +285,8 @@ class Engine:
         self._latency_stats(seqs, start)
         self.results = [self._result(s) for s in seqs]
 
-    def _loop_static(self, seqs: list[_Seq]):
-        """Modes ar and pipo: one iteration = decode step and/or prefill chunk, one read-back.
+    def _loop(self, seqs: list[_Seq]):
+        """One iteration = decode step (spec: a round) and/or prefill chunk, one read-back.
         Yields once per iteration (after the emitted tokens are in self._events)."""
         m, st = self.impl, self.state
         waiting, rows = deque(seqs), []
@@ -292,13 +306,16 @@ class Engine:
                     [s.params for s in admitted],
                     [self.cache.pages(s.rid) for s in admitted],
                 )
+                m.admit([s.row for s in admitted], admitted)
             st.add_pages(new_pages)
             penalty = any(s.params.presence_penalty for s in rows)
             launched = []
             if stepping:
+                m.prepare(rows, [s in stepping for s in rows])
                 self._step(len(rows), penalty)
-                for s in stepping:
-                    s.pos += 1
+                if self.mode != "spec":  # a round's length is known once its tokens are read
+                    for s in stepping:
+                        s.pos += 1
                 launched += stepping
             if pieces:
                 m.prefill(st, pieces, penalty)
@@ -310,7 +327,11 @@ class Engine:
             snap = None
             if launched:
                 self.stats.steps += 1
-                snap = (self._snapshot(len(rows)), [(s, s.row) for s in launched])
+                rounds = set(map(id, stepping))
+                snap = (
+                    self._snapshot(len(rows)),
+                    [(s, s.row, id(s) in rounds) for s in launched],
+                )
             ready, pending = (pending, snap) if self.overlap else (snap, None)
             if ready is not None:
                 self._process(*ready)
@@ -321,24 +342,9 @@ class Engine:
             self._retire(rows)
             yield
 
-    def _loop_host(self, seqs: list[_Seq]):
-        """Mode spec: prefill admitted requests, then one draft-and-verify round of all."""
-        waiting, running = deque(seqs), []
-        while waiting or running:
-            admitted = self._admit(waiting, running)
-            if admitted:
-                self.impl.prefill_host(admitted)
-            self._retire(running)
-            if running:
-                self.impl.round(running)
-                self.stats.steps += 1
-                self._track_kv()
-                self._retire(running)
-            yield
-
     def _step(self, n: int, penalty: bool) -> None:
         if self.graphs is not None:
-            self.graphs.run(bucket(n, cap=self.max_batch_size), penalty)
+            self.graphs.run(bucket(n, cap=self.max_batch_size), penalty, self.impl.variant)
         elif self._compiled:  # bucketed sizes bound the recompilations
             self._step_fn(self.state.view(bucket(n, cap=self.max_batch_size)), penalty)
         else:
@@ -366,13 +372,16 @@ class Engine:
         self.stats.d2h_transfers += 1
         return tokens.tolist()
 
-    def _process(self, snap, launched: list[tuple[_Seq, int]]) -> None:
+    def _process(self, snap, launched: list[tuple[_Seq, int, bool]]) -> None:
         values = self._read_back(snap)
         pad, pipo = self.config.pad_id, self.mode == "pipo"
-        for s, row in launched:
+        if self.mode == "spec":
+            self._process_rounds(values, launched)
+            return
+        for s, row, _ in launched:
             if s.done:  # finished one iteration earlier (overlap): a wasted step
                 continue
-            t1, t2 = values[row]
+            t1, t2 = values[row][:2]
             self.stats.backbone_passes += 1
             if not self._emit(s, t1) or not pipo:
                 continue
@@ -381,6 +390,20 @@ class Engine:
             if t2 != pad:
                 self.stats.token2_committed += 1
                 self._emit(s, t2)
+
+    def _process_rounds(self, values, launched: list[tuple[_Seq, int, bool]]) -> None:
+        """Mode spec: row r emitted values[r] (-1 padded): a round's accepted draft tokens and
+        its bonus token, or a prefill's first token."""
+        for s, row, is_round in launched:
+            tokens = [t for t in values[row] if t >= 0]
+            self.stats.backbone_passes += 1
+            if is_round:
+                s.pos += len(tokens)
+                self.stats.verify_rounds += 1
+                self.stats.accepted_draft_tokens += len(tokens) - 1
+            for t in tokens:
+                if not self._emit(s, t):
+                    break
 
     def _plan_prefill(self, rows: list[_Seq]) -> list[Piece]:
         budget, pieces = self.prefill_chunk, []
@@ -425,12 +448,35 @@ class Engine:
         return s
 
     def _caches(self) -> list[PagedKVCache]:
-        return [c for c in (self.cache, self.vcache) if c is not None]
+        return self.impl.caches()
 
     def _fail(self, s: _Seq, err: CacheFullError) -> None:
         s.finish_reason, s.error = "cache_full", str(err)
         for c in self._caches():
             c.release(s.rid)
+
+    def _spec_models(
+        self, model, verifier, drafter, draft_tokens, tree, topk, steps, depth, checkpoint
+    ):
+        """(verifier, verifier, Drafter) of mode spec (see the class docstring)."""
+        if verifier is None and isinstance(model, ARModel):
+            verifier = model
+        if not isinstance(verifier, ARModel):
+            raise ValueError("verifier: mode 'spec' needs an ARModel to verify the drafts")
+        draft_model = model if isinstance(model, PIPOModel) else None
+        if draft_model is not None and draft_model.config.vocab_size != verifier.config.vocab_size:
+            raise ValueError(
+                f"verifier: vocab_size {verifier.config.vocab_size} differs from the "
+                f"drafter's {draft_model.config.vocab_size}"
+            )
+        if isinstance(drafter, Drafter):
+            return verifier, verifier, drafter
+        name = drafter or ("pipo" if draft_model is not None else "ngram")
+        if draft_tokens is None and name == "pipo":
+            opts = DraftOptions(2 * topk + 2 * (steps - 1), "topk", topk, depth, checkpoint)
+        else:
+            opts = DraftOptions(draft_tokens or 4, tree, topk, depth, checkpoint)
+        return verifier, verifier, make_drafter(name, verifier, opts, draft_model)
 
     def _reserve(self, s: _Seq, cache: PagedKVCache, length: int) -> bool:
         try:
@@ -466,9 +512,9 @@ class Engine:
             last = rows.pop()
             if last is not s:
                 rows[r], last.row = last, r
-                if self.state is not None:
-                    self.state.move(len(rows), r)
-            elif self.state is not None:
+                self.state.move(len(rows), r)
+                self.impl.move(len(rows), r)
+            else:
                 self.state.active[r] = False
 
     def _emit(self, s: _Seq, token: int) -> bool:

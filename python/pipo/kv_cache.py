@@ -58,6 +58,16 @@ class PagedKVCache:
             * (torch.empty((), dtype=dtype).element_size())
         )
 
+    def add_layers(self, n: int) -> list[int]:
+        """Append n layers of the same shape and dtype (a drafter's KV that shares this cache's
+        pages, block tables and slots); returns their indices in k_caches / v_caches."""
+        first, like = len(self.k_caches), self.k_caches[0]
+        for _ in range(n):
+            self.k_caches.append(torch.zeros_like(like))
+            self.v_caches.append(torch.zeros_like(like))
+        self.bytes_per_page = self.bytes_per_page // first * len(self.k_caches)
+        return list(range(first, first + n))
+
     @property
     def num_free_pages(self) -> int:
         return len(self._free)

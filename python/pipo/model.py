@@ -355,6 +355,25 @@ class _Decoder(nn.Module):
         )
         return tokens, cand_ids
 
+    def candidates(self, hidden, st: SamplingTensors, k: int, use_kernels: bool):
+        """The k most likely next ids of hidden states [B, H] after the presence penalty, best
+        first: (ids int64 [B, k], their log_softmax at the row's temperature (1 for greedy
+        rows) float32 [B, k]), as ``sample_tokens`` gives them (draft trees rank by these)."""
+        _, _, ids, logprobs = ops.sample_tokens(
+            hidden=hidden,
+            lm_head=self.lm_head_weight,
+            temperature=st.temperature,
+            top_k=st.top_k,
+            top_p=st.top_p,
+            presence_penalty=st.presence_penalty,
+            seen=st.seen,
+            seeds=st.seeds,
+            offsets=st.offsets,
+            num_candidates=k,
+            backend=None if use_kernels else "torch",
+        )
+        return ids, logprobs
+
     def probs(self, hidden, st: SamplingTensors) -> torch.Tensor:
         """float32 [B, V]: the distribution ``sample`` draws each row from (penalty, temperature,
         top-k, top-p; the one-hot of the argmax for greedy rows)."""

@@ -38,7 +38,8 @@ class StepView:
     written); active bool [size] (rows that decode; the others write nothing and keep their
     state); table int32 [size, W]; indptr int32 [size + 1] (one query per row); temperature,
     top_p, presence_penalty float32 [size]; top_k int32 [size]; seeds, offsets int64 [size];
-    seen int32 [size, ceil(V / 32)]; out int64 [size, 2] (the tokens the step emits)."""
+    seen int32 [size, ceil(V / 32)]; out int64 [size, out_width] (the tokens the step emits: 2
+    columns for ar and pipo, spec: the round's tokens, -1 padded)."""
 
     tokens: torch.Tensor
     pos: torch.Tensor
@@ -98,7 +99,15 @@ def mark_seen(seen: torch.Tensor, rows: torch.Tensor | None, tokens, keep) -> No
 class BatchState:
     """Persistent per-row buffers of up to ``rows`` requests (see the module docstring)."""
 
-    def __init__(self, rows: int, token_width: int, vocab_size: int, num_pages: int, device):
+    def __init__(
+        self,
+        rows: int,
+        token_width: int,
+        vocab_size: int,
+        num_pages: int,
+        device,
+        out_width: int = 2,
+    ):
         self.rows, self.device, self.num_pages = rows, torch.device(device), num_pages
 
         def zeros(*shape, dtype):
@@ -114,7 +123,7 @@ class BatchState:
         self.seeds = zeros(rows, dtype=torch.int64)
         self.offsets = zeros(rows, dtype=torch.int64)
         self.seen = zeros(rows, (vocab_size + 31) // 32, dtype=torch.int32)
-        self.out = zeros(rows, 2, dtype=torch.int64)
+        self.out = zeros(rows, out_width, dtype=torch.int64)
         self.indptr = torch.arange(rows + 1, dtype=torch.int32, device=self.device)
         self.width = 1
         self.tables = {1: zeros(rows, 1, dtype=torch.int32)}
@@ -230,6 +239,7 @@ class BatchState:
         next input), pos int64 [n] their cache length; they decode from the next step on."""
         w = self.tokens.shape[1]
         self.tokens[rows] = tokens[:, :w]
+        self.out[rows] = -1
         self.out[rows, : tokens.shape[1]] = tokens
         self.pos[rows] = pos
         self.offsets[rows] += draws

@@ -15,15 +15,21 @@ class ARMode(Mode):
     name = "ar"
 
     def prefill(self, state: BatchState, pieces: list[Piece], penalty: bool) -> None:
+        self._prefill(state, pieces, penalty)
+
+    def _prefill(self, state: BatchState, pieces: list[Piece], penalty: bool):
+        """The chunk's pass and the first tokens of the final pieces: (PrefillBatch, hidden
+        [T, H], tokens int64 [f] or None when no piece is final)."""
         b = self.batch(state, pieces)
         hidden = self.model(b.ids, b.meta, self.cache, self.use_kernels)
         if not any(p.final for p in pieces):
-            return
+            return b, hidden, None
         st = state.rows_sampling(b.fin_rows, penalty)
         tokens, _ = self.model.sample(hidden[b.last], st, self.use_kernels)
         if penalty:
             mark_seen(state.seen, b.fin_rows, tokens, tokens != self.gap_id)
         state.finish_prefill(b.fin_rows, tokens.unsqueeze(1), b.fin_pos, self.draws_per_step)
+        return b, hidden, tokens
 
     def step(self, v: StepView, penalty: bool) -> None:
         meta = decode_meta(v, self.page_size)

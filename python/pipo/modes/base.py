@@ -50,8 +50,9 @@ class Mode:
 
     name = ""
     token_width = 1
-    static = True  # decodes over BatchState (spec mode drives its own rounds instead)
+    out_width = 2  # columns of BatchState.out a step writes
     draws_per_step = 1  # random draws per decode step and row (offsets advance by this)
+    variant = None  # besides batch bucket, width and penalty, what selects a captured graph
 
     def __init__(self, model, cache: PagedKVCache, *, use_kernels: bool, threshold: float):
         self.model, self.cache = model, cache
@@ -64,7 +65,22 @@ class Mode:
         self.gap_id = -1
 
     def caches(self) -> list[PagedKVCache]:
+        """Every cache whose pages the engine reserves and releases."""
         return [self.cache]
+
+    def admit(self, rows: list[int], seqs: list) -> None:
+        """Requests seqs took rows (after BatchState.admit)."""
+
+    def move(self, src: int, dst: int) -> None:
+        """Row src's request moved into row dst (after BatchState.move)."""
+
+    def prepare(self, seqs: list, live: list[bool]) -> None:
+        """Host work before a decode step: seqs[r] is row r's request, live[r] whether it
+        steps."""
+
+    def mutable(self) -> list[torch.Tensor]:
+        """Device buffers besides BatchState's that a step changes (CUDA-graph warm-up)."""
+        return []
 
     def units(self, prompt: list[int]) -> torch.Tensor:
         """The prompt as cache entries' inputs: int64 [n] tokens (ar) or [n, 2] pairs (pipo)."""
