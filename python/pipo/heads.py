@@ -129,6 +129,7 @@ def new_head(kind: str, backbone: ARModel, **shape) -> MTPHead | MedusaHeads:
         if shape:
             raise ValueError(f"shape: the mtp head takes no shape options, got {sorted(shape)}")
         head = MTPHead(backbone.config).to(device=w.device, dtype=w.dtype)
+        head.config = backbone.config  # what the drafter checks its verifier against
         init_mtp_head(head, backbone)
         return head
     if kind == "medusa":
@@ -220,6 +221,7 @@ def load_head(path, backbone: ARModel, kind: str | None = None) -> MTPHead | Med
     if bad:
         raise ValueError(f"{weights}: weights do not match the head's shape ({bad[:4]})")
     head.load_state_dict(tensors)
+    head.config = trained_on
     return head.eval().requires_grad_(False)
 
 
