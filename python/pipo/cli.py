@@ -2,6 +2,7 @@
 
     pipo generate --prompt "Hello" --mode pipo --threshold 0.5 --max-new-tokens 64
     pipo generate --prompt "Hello" --mode spec --temperature 0.8 --top-p 0.95 --seed 1
+    pipo generate --prompt "def f(x):" --mode spec --drafter ngram --draft-tokens 8
     pipo generate --prompt "Hello" --mode ar --model /models/Qwen3-0.6B --prompt-ids 9707,11
     pipo bench --quick --device cpu --only kv_cache --out /tmp/bench
     pipo train --stage pipo --out runs/pipo --init-from runs/ar/final    (docs/training.md)
@@ -34,6 +35,7 @@ import torch
 
 from .checkpoint import load, load_builtin
 from .config import PRESETS, preset
+from .drafters import DRAFTERS, TREES
 from .engine import MODES, Engine, Request, SamplingParams
 from .model import ARModel, PIPOModel
 
@@ -181,8 +183,12 @@ modes:
   ar    plain autoregressive decoding: one backbone pass per token (the baseline).
   pipo  Pair-In, Pair-Out: one backbone pass per pair of tokens; the MTP head proposes the
         second token, kept where the confidence head says >= --threshold (approximate, faster).
-  spec  PIPO drafts a tree (--draft-topk, --draft-steps), the AR model verifies it: the output
-        is what ar would produce (greedy) or distributed as ar's (sampling).
+  spec  a drafter proposes a token tree, the AR model verifies it in one pass: the output is
+        what ar would produce (greedy) or distributed as ar's (sampling). --drafter: pipo (the
+        PIPO model drafts; --model / --verifier), ngram (prompt lookup and an n-gram pool, no
+        weights), mtp / medusa (trained heads on the AR model, --draft-model). --draft-tokens
+        and --tree (chain, topk, dynamic) shape the tree (the pipo drafter without
+        --draft-tokens: its --draft-topk / --draft-steps tree).
 
 The KV cache holds --num-pages x --page-size entries per model (a token each in ar and spec, a
 pair each in pipo): prompt and output beyond that end with finish=cache_full and exit status 1.
@@ -254,11 +260,28 @@ def _add_generate(sub, common) -> None:
     )
     g.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
     g.add_argument(
-        "--draft-topk", type=_number(int, 1), default=4, help="spec: token1 branches per draft"
+        "--drafter",
+        choices=sorted(DRAFTERS),
+        default="pipo",
+        help="spec: who drafts (see above)",
     )
     g.add_argument(
-        "--draft-steps", type=_number(int, 1), default=1, help="spec: pairs per draft branch"
+        "--draft-tokens",
+        type=_number(int, 1),
+        default=None,
+        help="spec: draft nodes per round beyond the root (default 4)",
     )
+    g.add_argument("--tree", choices=TREES, default="chain", help="spec: the draft tree's shape")
+    g.add_argument(
+        "--draft-topk",
+        type=_number(int, 1),
+        default=4,
+        help="spec: branching of topk / dynamic trees (pipo: token1 branches)",
+    )
+    g.add_argument(
+        "--draft-steps", type=_number(int, 1), default=1, help="spec, pipo: pairs per branch"
+    )
+    g.add_argument("--draft-model", help="spec: the drafter's weights (mtp, medusa)")
     g.add_argument(
         "--num-pages", type=_number(int, 1), default=1024, help="KV-cache pages (caps the output)"
     )
@@ -386,6 +409,12 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
         if isinstance(loaded, PIPOModel):
             raise UsageError("--mode ar needs an AR checkpoint, --model is a PIPO one")
         return loaded or load_builtin("ar", cfg, 1, args.device, dtype), None
+    if args.mode == "spec" and args.drafter != "pipo":  # drafters on the AR model
+        if isinstance(loaded, PIPOModel):
+            raise UsageError(
+                f"--drafter {args.drafter} drafts on the AR model; --model is a PIPO one"
+            )
+        return _verifier(args, loaded, cfg, dtype), None
     if isinstance(loaded, ARModel):
         _log.warning(
             "--model is an AR checkpoint: its PIPO heads start untrained (documented init)"
@@ -395,6 +424,11 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
         drafter = loaded or load_builtin("pipo", cfg, 2, args.device, dtype)
     if args.mode == "pipo":
         return drafter, None
+    return drafter, _verifier(args, loaded, cfg, dtype)
+
+
+def _verifier(args, loaded, cfg, dtype) -> ARModel:
+    """Spec mode's AR model: --verifier, an AR --model, or the built-in AR model."""
     if args.verifier:
         verifier = _load(args.verifier, "--verifier", args.device, dtype)
         if not isinstance(verifier, ARModel):
@@ -405,7 +439,7 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
             if isinstance(loaded, ARModel)
             else load_builtin("ar", cfg, 1, args.device, dtype)
         )
-    return drafter, verifier
+    return verifier
 
 
 class _IdTokenizer:
@@ -537,8 +571,12 @@ def _generate_with(args) -> int:
         num_pages=args.num_pages,
         page_size=args.page_size,
         max_batch_size=1,
+        drafter=args.drafter if args.mode == "spec" else None,
+        draft_tokens=args.draft_tokens,
+        tree=args.tree,
         draft_topk=args.draft_topk,
         draft_steps=args.draft_steps,
+        draft_checkpoint=args.draft_model,
         cuda_graphs=args.cuda_graphs or None,  # None: on for CUDA
     )
     for _, piece in engine.stream([Request(prompt, params)]):  # text as it is emitted

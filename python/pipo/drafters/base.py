@@ -41,6 +41,22 @@ drafter's draws (``sample_children`` uses them); the mode advances offsets by ``
 Stochastic verification keeps the AR distribution exactly when the children of every node were
 drawn independently (with replacement) from ``draft_probs`` of that node. A deterministic drafter
 (n-gram) gives one-hot rows and must give each node at most one child in a stochastic row.
+
+How a feature-based drafter (EAGLE / MTP: one layer on [embedding of token t+1; verifier
+hidden at t]) maps onto the hooks, capturable, with ``kv_layers = 1``:
+
+- ``prefill(feats)``: run the layer on [embed(feats.next_tokens); feats.hidden] at
+  feats.meta (its positions and slots are the verifier's, the shared layer takes the K/V); keep
+  the output at each final piece's last entry (it predicts the token after the root) in a
+  per-row buffer indexed by feats.rows[feats.final].
+- ``propose``: ``tree.grow(shape, view.tokens[:, 0], that buffer, expand, verifier, ...)``;
+  ``expand`` runs the layer on the level's nodes (positions view.pos - 1 + depth, scratch slots
+  from view.table at view.pos + level.first + j, attention to the committed entries plus
+  ``level.mask`` over the earlier scratch entries).
+- ``accept``: run the layer on [embed(acc.tokens[:, :D+1]); acc.hidden] at positions
+  view.pos … view.pos + D (slots of padded columns j > acc.length: -1), which overwrites the
+  scratch entries with the committed ones; keep the output at column acc.length (it predicts the
+  token after the bonus) in the per-row buffer, for active rows.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ followed it. The first continuation is extended by looking up again with the pro
 (greedy rows only: a deterministic proposal has one-hot draft probabilities, so a sampled row
 gets its best chain, see ``pipo.drafters.base``).
 
+With sampling the AR distribution is kept, but which token a seed gives depends on the drafts,
+and so (through the shared pool) on the other requests the drafter has seen; greedy output does
+not depend on them.
+
 The work is on the host between rounds (``prepare``); the tree reaches the device in one copy.
 The tree is as large as the longest proposal of the batch this round (rows with a shorter one
 are padded with a chain of their last token, which the verifier almost always rejects), so a
@@ -131,6 +135,7 @@ class NGramDrafter(Drafter):
         tok = torch.zeros(len(seqs), n, dtype=torch.int64)
         par = torch.full((len(seqs), n), -1, dtype=torch.int64)
         dep = torch.zeros(len(seqs), n, dtype=torch.int64)
+        deepest_all = 0
         for b, ((t, p), s) in enumerate(zip(trees, seqs, strict=True)):
             last = (s.prompt + s.out)[-1] if live[b] else 0
             depth = [0]
@@ -143,10 +148,11 @@ class NGramDrafter(Drafter):
             tok[b, 1:] = torch.tensor(t, dtype=torch.int64)
             par[b, 1:] = torch.tensor(p, dtype=torch.int64)
             dep[b] = torch.tensor(depth, dtype=torch.int64)
+            deepest_all = max(deepest_all, *depth)
         packed = torch.stack([tok, par, dep])
         pin = self.device.type == "cuda"
         packed = (packed.pin_memory() if pin else packed).to(self.device, non_blocking=True)
-        self._tree = DraftTree(packed[0], packed[1], packed[2], int(dep.max()))
+        self._tree = DraftTree(packed[0], packed[1], packed[2], deepest_all)
 
     def propose(self, view, need_probs: bool) -> DraftTree:
         t = self._tree

@@ -107,6 +107,12 @@ class SpecMode(ARMode):
         tree = self.drafter.propose(v, need)
         bsz, n = tree.tokens.shape
         depth_cap = tree.max_depth
+        if n > self.drafter.num_nodes or depth_cap > self.drafter.max_depth:
+            raise RuntimeError(
+                f"drafter {self.drafter.name!r}: a tree of {n} nodes and depth {depth_cap} "
+                f"exceeds its num_nodes {self.drafter.num_nodes} / max_depth "
+                f"{self.drafter.max_depth} (the pages and output buffer are sized by them)"
+            )
         dev = v.pos.device
         act = v.active
         mask = tree.mask if tree.mask is not None else ancestor_mask(tree.parents, depth_cap)
