@@ -43,7 +43,8 @@ def load_drafter_head(kind: str, verifier, checkpoint: str | None):
     head = builtin_head(kind, verifier)
     if head is None:
         raise ValueError(
-            f"drafter: no {kind} head is shipped for this verifier's shapes; train one with "
+            f"drafter: {kind!r} needs a head trained on this verifier, and none is shipped for "
+            f"its shapes; train one with "
             f"`pipo train --stage {kind} --init-from <verifier> --out <dir>` and pass "
             "<dir>/final as the draft checkpoint"
         )
