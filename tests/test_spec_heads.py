@@ -235,3 +235,23 @@ def test_shipped_heads_draft_well_on_code(kind):
     (got,) = engine.generate(req)
     assert got.token_ids == ref.token_ids
     assert engine.stats.accepted_draft_tokens / engine.stats.verify_rounds > 1.0
+
+
+@requires_safetensors
+@pytest.mark.skipif(not (BUILTIN_DIR / "mtp" / "config.json").is_file(), reason="no shipped heads")
+def test_bench_spec_smallest_run(tmp_path, capsys):
+    """benchmarks/bench_spec.py end to end at its smallest: every row of the table has the
+    fields the README block reads, ar's ratio is 1 and PIPO's quality comes from the report."""
+    import json
+
+    from benchmarks import bench_spec
+
+    argv = ["--device", "cpu", "--out", str(tmp_path), "--prompts", "1", "--new-tokens", "8"]
+    argv += ["--repeats", "1", "--drafters", "mtp", "medusa", "--trees", "chain"]
+    argv += ["--temperatures", "0", "--quality-windows", "1", "--prompt-len", "16"]
+    assert bench_spec.main(argv) == 0
+    rows = json.loads((tmp_path / "spec.json").read_text())["rows"]
+    assert [r["config"] for r in rows][:3] == ["ar", "spec mtp chain", "spec medusa chain"]
+    assert rows[0]["vs_ar"] == 1.0 and rows[-1]["mode"] == "pipo" and not rows[-1]["lossless"]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["passes_per_token"] <= 1 for r in rows)
+    assert (tmp_path / "spec.png").is_file() and "| spec mtp chain |" in capsys.readouterr().out
