@@ -106,14 +106,15 @@ class _Recorder:
 
 @pytest.mark.parametrize("kind", ["mtp", "medusa"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_drafter_state_after_partial_acceptance(kind, temperature):
+@pytest.mark.parametrize("tree", ["chain", "dynamic"])
+def test_drafter_state_after_partial_acceptance(kind, temperature, tree):
     """After every round the root feature is what a fresh prefill of the committed text gives
     (mtp: the dense chain's step 0 at the last position but one, which attends over every
     cache entry the drafter wrote, so a stale or misplaced entry changes it; medusa: the
     verifier's state there). Sampling gives random acceptance lengths."""
     ar = _verifier()
     head = _head(kind, ar)
-    drafter = _drafter(kind, head, DraftOptions(draft_tokens=5, tree="dynamic", topk=2))
+    drafter = _drafter(kind, head, DraftOptions(draft_tokens=5, tree=tree, topk=2))
     rec = _Recorder(drafter)
     engine = _engine(ar, drafter, max_batch_size=2)
     params = dict(ignore_eos=True, temperature=temperature, seed=3)

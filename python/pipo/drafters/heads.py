@@ -29,7 +29,7 @@ import torch
 
 from ..heads import MedusaHeads, builtin_head, load_head
 from ..model import AttnMeta, MTPHead, SamplingTensors
-from .base import Drafter, DraftOptions
+from .base import Drafter, DraftOptions, DraftTree
 from .tree import Level, TreeShape, grow
 
 __all__ = ["MTPDrafter", "MedusaDrafter", "load_drafter_head"]
@@ -73,6 +73,27 @@ class _HeadDrafter(Drafter):
         # Every running request holds a page, so the batch never has more rows than pages: the
         # buffer never grows (a captured round keeps reading the same tensor).
         self.feat = torch.zeros(cache.num_pages, w.shape[1], dtype=w.dtype, device=w.device)
+        n = self.num_nodes
+        self._chain_parents = torch.arange(-1, n - 1, device=self.device)
+        self._chain_depths = torch.arange(n, device=self.device)
+        self._chain_mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+
+    def _fast_chain(self, need_probs: bool) -> bool:
+        """Greedy rounds of a chain skip ``grow``: the draft is the argmax at every step (what
+        grow picks for greedy rows), built with a handful of ops. Measured on the CPU, grow's
+        per-level sampling-tensor bookkeeping cost more than the drafter's own passes."""
+        return not need_probs and self.shape.kind == "chain"
+
+    def _chain_tree(self, view, drafted: torch.Tensor) -> DraftTree:
+        """The chain DraftTree of drafted int64 [B, n] after each row's root."""
+        b, n = drafted.shape[0], self.num_nodes
+        return DraftTree(
+            tokens=torch.cat([view.tokens[:, :1], drafted], 1),
+            parents=self._chain_parents.expand(b, n),
+            depths=self._chain_depths.expand(b, n),
+            max_depth=self.max_depth,
+            mask=self._chain_mask.expand(b, n, n),
+        )
 
     def mutable(self) -> list[torch.Tensor]:
         return [self.feat]
@@ -129,6 +150,9 @@ class MedusaDrafter(_HeadDrafter):
 
     def propose(self, view, need_probs: bool):
         b = view.tokens.shape[0]
+        if self._fast_chain(need_probs):
+            logits = self.head.logits(self.feat[:b], self.verifier.lm_head_weight)
+            return self._chain_tree(view, logits[:, : self.max_depth].argmax(-1))
         states = self.head(self.feat[:b])  # [B, K, H]: head k predicts k tokens after the root
 
         def expand(level: Level) -> torch.Tensor:
@@ -186,19 +210,19 @@ class MTPDrafter(_HeadDrafter):
         col = torch.div(entry, ps, rounding_mode="floor").clamp_(max=table.shape[1] - 1)
         return table.gather(1, col).long() * ps + entry % ps
 
-    def _block(self, view, count: int, rope_pos: torch.Tensor, write: torch.Tensor, mask=None):
-        """AttnMeta of ``count`` queries per row at entries pos … pos + count - 1 (RoPE positions
-        rope_pos int64 [B, count]), written where ``write`` (bool [B, count]); inactive rows
-        attend to their own block only."""
+    def _block(self, view, count: int, rope_pos, write, mask=None, shift: int = 0):
+        """AttnMeta of ``count`` queries per row at entries pos + shift … pos + shift + count - 1
+        (RoPE positions rope_pos int64 [B, count]), written where ``write`` (bool [B, count]);
+        inactive rows attend to their own block only."""
         b, dev = view.pos.shape[0], view.pos.device
-        entry = view.pos.unsqueeze(1) + torch.arange(count, device=dev)
+        entry = view.pos.unsqueeze(1) + shift + torch.arange(count, device=dev)
         act = view.active.unsqueeze(1)
         slots = torch.where(write & act, self._slots(view.table, entry), -1)
         return AttnMeta(
             positions=torch.where(act, rope_pos, torch.arange(count, device=dev)).flatten(),
             slot_mapping=slots.flatten(),
             block_table=view.table,
-            kv_lens=torch.where(view.active, view.pos + count, count).int(),
+            kv_lens=torch.where(view.active, view.pos + shift + count, count).int(),
             q_indptr=(torch.arange(b + 1, device=dev) * count).int(),
             tree_mask=mask,
         )
@@ -211,6 +235,17 @@ class MTPDrafter(_HeadDrafter):
     def propose(self, view, need_probs: bool):
         b, dev = view.tokens.shape[0], view.pos.device
         root_feat = self.feat[:b]
+        if self._fast_chain(need_probs):
+            # a chain's expanded nodes are each other's ancestors: one query per step, causal
+            token = self.verifier.logits(root_feat).argmax(-1)
+            drafted, feat = [token], root_feat
+            one = torch.ones(b, 1, dtype=torch.bool, device=dev)
+            for e in range(self.max_depth - 1):
+                meta = self._block(view, 1, view.pos.unsqueeze(1) + e, one, None, shift=e)
+                feat = self._run(token, feat, meta)
+                token = self.verifier.logits(feat).argmax(-1)
+                drafted.append(token)
+            return self._chain_tree(view, torch.stack(drafted, 1))
         tokens, parent_feat, depths = [], [], []  # per expanded node, in expansion order
         outs: list[torch.Tensor] = []
         mask = torch.zeros(b, 0, 0, dtype=torch.bool, device=dev)
