@@ -256,3 +256,24 @@ def test_bench_spec_smallest_run(tmp_path, capsys):
     assert rows[0]["vs_ar"] == 1.0 and rows[-1]["mode"] == "pipo" and not rows[-1]["lossless"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["passes_per_token"] <= 1 for r in rows)
     assert (tmp_path / "spec.png").is_file() and "| spec mtp chain |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["mtp", "medusa"])
+@pytest.mark.parametrize("opts", TREES[::2], ids=["chain", "dynamic"])
+def test_cuda_graphs_equal_eager_and_ar(kind, opts):
+    """Both drafters are capturable: on a GPU the captured round gives the eager round's output
+    (greedy and sampled), and greedy output equals mode ar's on the CPU."""
+    ar = _verifier()
+    head = _head(kind, ar)
+    ref = [r.token_ids for r in _engine(ar).generate(_requests([12, 9, 14, 7], ignore_eos=True))]
+    gpu, gpu_head = ar.cuda(), head.cuda()
+    for params in (dict(ignore_eos=True), dict(ignore_eos=True, temperature=0.9, seed=4)):
+        outs = []
+        for graphs in (False, True):
+            e = _engine(gpu, _drafter(kind, gpu_head, opts), True, cuda_graphs=graphs)
+            assert (e.graphs is not None) == graphs
+            outs.append([r.token_ids for r in e.generate(_requests([12, 9, 14, 7], **params))])
+        assert outs[0] == outs[1]
+        if "temperature" not in params:
+            assert outs[0] == ref
