@@ -53,10 +53,13 @@ def recommended_threshold() -> float:
     return 0.5
 
 
-def pipo_quality(ar, pipo, heldout, threshold: float, windows: int) -> float:
-    """PIPO's gated-decoding bits per byte / AR's on held-out windows (benchmarks.report_model)."""
+def pipo_quality(heldout, threshold: float, windows: int) -> float:
+    """PIPO's gated-decoding bits per byte / AR's on held-out windows (benchmarks.report_model;
+    on the CPU, where its host-built tensors live, whatever device the timing uses)."""
     from benchmarks.report_model import ar_scores, gated_bpb, heldout_windows
 
+    ar = load(BUILTIN_DIR / "ar", dtype=torch.float32).eval()
+    pipo = load(BUILTIN_DIR / "pipo", dtype=torch.float32).eval()
     w = heldout_windows(heldout, windows, 256)
     ar_bpb, _ = ar_scores(ar, w)
     bpb, _ = gated_bpb(pipo, w, threshold)
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     prompts = prompts.tolist()
     theta = recommended_threshold()
-    quality = pipo_quality(ar, pipo, heldout, theta, args.quality_windows)
+    quality = pipo_quality(heldout, theta, args.quality_windows)
     configs = configurations(args, theta)
     engines = [make_engine(c, ar, pipo, args) for c in configs]
     runs = {(i, t): [] for i in range(len(configs)) for t in args.temperatures}
