@@ -25,6 +25,8 @@ verifier's LM head on the drafter's states, at the request's sampling parameters
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..heads import MedusaHeads, builtin_head, load_head
@@ -137,6 +139,8 @@ class MedusaDrafter(_HeadDrafter):
     def __init__(self, heads: MedusaHeads, opts: DraftOptions):
         if not isinstance(heads, MedusaHeads):
             raise ValueError(f"heads: expected MedusaHeads, got {type(heads).__name__}")
+        if opts.tree == "dynamic" and opts.depth == 0:  # the default depth: as deep as the heads
+            opts = replace(opts, depth=min(opts.draft_tokens, heads.num_heads))
         super().__init__(heads, opts)
         if self.max_depth > heads.num_heads:
             raise ValueError(
