@@ -12,7 +12,8 @@ only a few parameters and share the verifier's vocabulary:
   h_j; head k (1-based) predicts t_{j+1+k}. No state of its own.
 
 Training is dense (no cache) on the frozen backbone: ``mtp_loss`` / ``medusa_loss`` compute the
-backbone's hidden states under no_grad and train only the head (pipo.train_heads). The MTP loss
+backbone's hidden states under no_grad and train only the head (pipo.train_heads), distilled from
+the backbone's own next-token distributions (soft cross-entropy against p_AR). The MTP loss
 runs the chain ``depth`` steps deep with the head's own features, attending as the paged drafter
 does at inference (``dense_mtp``), so the head learns to consume its own outputs.
 

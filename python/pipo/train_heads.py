@@ -6,9 +6,10 @@ are computed on the fly under no_grad for each batch of the stdlib corpus, and o
 run resumes from ``<out>/state.pt``; ``<out>/final`` is the float16 head checkpoint that
 ``pipo.heads.load_head`` reads (the shipped ones are ``pipo/checkpoints/{mtp,medusa}``).
 
-Losses (pipo.heads): mtp — CE of each chain step's prediction of t_{q+2}, for ``MTP_DEPTH``
-steps in which step s >= 1 reads step s-1's own output, weighted 0.8^s; medusa — CE of head k's
-prediction of t_{j+1+k}, weighted 0.8^(k-1), over ``MEDUSA_HEADS`` heads.
+Losses (pipo.heads), soft cross-entropies against the backbone's own distribution of the same
+token (KL(p_AR || p_head) + const): mtp — each chain step's prediction of t_{q+2}, for
+``MTP_DEPTH`` steps in which step s >= 1 reads step s-1's own output, weighted 0.8^s; medusa —
+head k's prediction of t_{j+1+k}, weighted 0.8^(k-1), over ``MEDUSA_HEADS`` heads.
 
 Example::
 
