@@ -25,7 +25,7 @@ OP_TESTS="tests/test_kv_cache.py tests/test_latent.py tests/test_pair_out.py tes
 MEMCHECK_TESTS="${MEMCHECK_TESTS:-$OP_TESTS}"
 # The CUDA kernels with shared memory: latent norm pre-pass, attention, verify, sampling reductions.
 RACECHECK_TESTS="${RACECHECK_TESTS:-tests/test_latent.py tests/test_attention.py tests/test_verify.py tests/test_sampling.py}"
-BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$//' | grep -v '^e2e$')}"
+BENCHES="${BENCHES:-$(cd benchmarks && ls bench_*.py | sed 's/^bench_//; s/\.py$//' | grep -v -e '^e2e$' -e '^spec$')}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 LIMIT_BUILD="${LIMIT_BUILD:-300}" LIMIT_TESTS="${LIMIT_TESTS:-300}" LIMIT_SAN="${LIMIT_SAN:-300}"
 LIMIT_BENCH="${LIMIT_BENCH:-120}" LIMIT_E2E="${LIMIT_E2E:-300}"
@@ -122,6 +122,9 @@ if has_step e2e; then
     --repeats 1 --tag batched
   run_step e2e_spec "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
     --batch 1 --prompt-lens 128 --new-tokens 16 --repeats 1 --tag spec
+  # every drafter on the built-in models (mtp / medusa rounds in CUDA graphs), greedy only
+  run_step spec_drafters "$LIMIT_BENCH" python3 -m benchmarks.bench_spec --device cuda \
+    --out "$DEST" --quick --temperatures 0
 fi
 if has_step bench; then
   # The prefill sweep first (bf16 prefill vs SDPA flash and the matmul peak, trees vs

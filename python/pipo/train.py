@@ -66,7 +66,7 @@ LN2 = math.log(2.0)
 class TrainConfig:
     """Hyper-parameters of one stage. The defaults are the built-in model's recipe."""
 
-    stage: str = "ar"  # "ar" | "pipo" | "opd"
+    stage: str = "ar"  # "ar" | "pipo" | "opd" | "mtp" | "medusa" (the last two: pipo.train_heads)
     steps: int = 1200
     batch_size: int = 16
     seq_len: int = 256
@@ -383,7 +383,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, value in asdict(TrainConfig()).items():
         flag = "--" + name.replace("_", "-")
         if name == "stage":
-            p.add_argument(flag, choices=("ar", "pipo", "opd"), default=value)
+            p.add_argument(flag, choices=("ar", "pipo", "opd", "mtp", "medusa"), default=value)
         else:
             p.add_argument(flag, type=type(value), default=value)
 
@@ -392,6 +392,11 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     fields = asdict(TrainConfig())
     cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
+    if cfg.stage in ("mtp", "medusa"):  # draft heads on a frozen backbone (pipo.train_heads)
+        from .train_heads import train_head
+
+        train_head(cfg, args.out, init_from=args.init_from, progress=not args.no_progress)
+        return 0
     train(
         cfg, args.out, init_from=args.init_from, teacher=args.teacher, progress=not args.no_progress
     )

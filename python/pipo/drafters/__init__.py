@@ -3,8 +3,9 @@
 - ``ngram``: prompt lookup over the request's own tokens plus a Lookahead-style n-gram pool; no
   weights (``ngram.NGramDrafter``).
 - ``pipo``: the PIPO model drafts (``pipo.PIPODrafter``).
-- ``mtp``: one decoder layer + fc on [embedding; verifier hidden state] (EAGLE / DeepSeek-MTP).
-- ``medusa``: residual heads on the verifier's last hidden state.
+- ``mtp``: one decoder layer + fc on [embedding; verifier hidden state] (EAGLE / DeepSeek-MTP;
+  ``heads.MTPDrafter``).
+- ``medusa``: residual heads on the verifier's last hidden state (``heads.MedusaDrafter``).
 
 ``make(name, verifier, opts, draft_model=None)`` builds one by name; ``DRAFTERS`` maps each name
 to its factory ``(verifier, opts, draft_model) -> Drafter``.
@@ -44,20 +45,23 @@ def _pipo(verifier, opts: DraftOptions, draft_model):
     return PIPODrafter(draft_model, opts)
 
 
-def _untrained(name: str):
-    def build(verifier, opts: DraftOptions, draft_model):
-        raise ValueError(
-            f"drafter: {name!r} needs its trained heads, and none are shipped or given yet"
-        )
+def _mtp(verifier, opts: DraftOptions, draft_model):
+    from .heads import MTPDrafter, load_drafter_head
 
-    return build
+    return MTPDrafter(load_drafter_head("mtp", verifier, opts.checkpoint), opts)
+
+
+def _medusa(verifier, opts: DraftOptions, draft_model):
+    from .heads import MedusaDrafter, load_drafter_head
+
+    return MedusaDrafter(load_drafter_head("medusa", verifier, opts.checkpoint), opts)
 
 
 DRAFTERS = {
     "ngram": _ngram,
     "pipo": _pipo,
-    "mtp": _untrained("mtp"),
-    "medusa": _untrained("medusa"),
+    "mtp": _mtp,
+    "medusa": _medusa,
 }
 
 
