@@ -96,9 +96,19 @@ PIPO_INLINE vu16 load16(const uint32_t* p) {
   return v;
 }
 PIPO_INLINE void store16(uint32_t* p, const vu16& v) { std::memcpy(p, &v, sizeof(v)); }
-PIPO_INLINE vf16 splat16(float x) { return vf16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+// A broadcast through a shuffle of lane 0: GCC 12 expands the uniform initializer {x, x, ...} of
+// a 64-byte vector under the AVX-512 targets into sixteen masked single-lane broadcasts (with a
+// store-to-load round trip through the stack), which made the float paged-attention kernel
+// several times slower than its generic copy (docs/engine.md); the shuffle is one vbroadcastss.
+PIPO_INLINE vf16 splat16(float x) {
+  vf16 v = {};
+  v[0] = x;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
 PIPO_INLINE vu16 splat16(uint32_t x) {
-  return vu16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+  vu16 v = {};
+  v[0] = x;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 }
 #pragma GCC diagnostic pop
 
