@@ -17,6 +17,7 @@
 #include <cmath>
 
 #include "../ops.h"
+#include "gemv.h"
 #include "vec.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -27,8 +28,7 @@
 namespace pipo {
 namespace gemv_cpu {
 
-// Rows of x handled by the GEMV kernel; above this the weight is reused enough for a GEMM.
-constexpr int64_t kMaxGemvRows = 8;
+using cpu::kMaxGemvRows;
 // Weight rows per register tile, and rows of x per tile (8 x 3 accumulators + 3 x + 1 weight
 // register fit the 32 vector registers).
 constexpr int kTileOut = 8;
@@ -138,6 +138,19 @@ inline bool use_gemv(const at::Tensor& x, int64_t n) {
 }
 
 }  // namespace gemv_cpu
+
+bool cpu::gemv_f32(const float* x, int64_t n, int64_t sx, const float* w, int64_t o, int64_t k,
+                   float* out) {
+#ifdef PIPO_LINEAR_AVX512
+  if (n > kMaxGemvRows || k == 0 || cpu::cpu_isa() < cpu::Isa::kAvx512) return false;
+  if (n == 0 || o == 0) return true;
+  gemv_cpu::avx512::run_cols(gemv_cpu::Problem{x, w, out, n, k, o, sx, false}, 0, o);
+  return true;
+#else
+  (void)x, (void)n, (void)sx, (void)w, (void)o, (void)k, (void)out;
+  return false;
+#endif
+}
 
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, c10::string_view activation) {
   using namespace gemv_cpu;
