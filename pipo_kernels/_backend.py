@@ -83,16 +83,15 @@ def why_unavailable(op: str, backend: str, device: torch.device) -> str | None:
 # os.environ.get encodes the key and decodes the value on every call (2 of the ~3 us a wrapper
 # spent choosing its backend, on every op call of a decode step); on POSIX the same variables are
 # read from os.environ's own bytes table, which every os.environ / monkeypatch change updates.
-_ENV_BYTES = getattr(os.environ, "_data", None) if os.name == "posix" else None
-if isinstance(_ENV_BYTES, dict):
+_raw = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_ENV_BYTES: dict[bytes, bytes] | None = _raw if isinstance(_raw, dict) else None
 
-    def _env_pair() -> tuple[bytes | None, bytes | None]:
-        return _ENV_BYTES.get(b"PIPO_BACKEND"), _ENV_BYTES.get(b"TRITON_INTERPRET")
 
-else:  # pragma: no cover - other platforms
-
-    def _env_pair() -> tuple[str | None, str | None]:
-        return os.environ.get("PIPO_BACKEND"), os.environ.get("TRITON_INTERPRET")
+def _env_pair() -> tuple[str | bytes | None, str | bytes | None]:
+    table = _ENV_BYTES
+    if table is not None:
+        return table.get(b"PIPO_BACKEND"), table.get(b"TRITON_INTERPRET")
+    return os.environ.get("PIPO_BACKEND"), os.environ.get("TRITON_INTERPRET")
 
 
 # torch.compile treats the choice as a constant of the traced graph (it only depends on the
