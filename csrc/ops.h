@@ -8,6 +8,7 @@
 
 namespace pipo {
 
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, c10::string_view activation);
 void kv_cache_append_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
                          at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cpu(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
@@ -61,6 +62,7 @@ void kv_cache_append_cuda(const at::Tensor& key, const at::Tensor& value, at::Te
                           at::Tensor& v_cache, const at::Tensor& slot_mapping);
 void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& src_slots,
                            const at::Tensor& dst_slots);
+at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& weight, c10::string_view activation);
 at::Tensor fold_pairs_cuda(const at::Tensor& pair_ids, const at::Tensor& embedding,
                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            c10::string_view activation);

@@ -15,6 +15,8 @@ extern "C" PyObject* PyInit__C(void) {
 #endif
 
 TORCH_LIBRARY(pipo, m) {
+  // x @ weight.T, or silu(x @ gate.T) * (x @ up.T) for weight = [gate; up] ("swiglu").
+  m.def("linear(Tensor x, Tensor weight, str activation=\"none\") -> Tensor");
   // Writes key[n] / value[n] to slot slot_mapping[n] of the paged caches; negative slots skip.
   m.def(
       "kv_cache_append(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
@@ -74,6 +76,7 @@ TORCH_LIBRARY(pipo, m) {
 }
 
 TORCH_LIBRARY_IMPL(pipo, CPU, m) {
+  m.impl("linear", &pipo::linear_cpu);
   m.impl("kv_cache_append", &pipo::kv_cache_append_cpu);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cpu);
   m.impl("fold_pairs", &pipo::fold_pairs_cpu);
@@ -90,6 +93,7 @@ TORCH_LIBRARY_IMPL(pipo, CPU, m) {
 
 #ifdef PIPO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
+  m.impl("linear", &pipo::linear_cuda);
   m.impl("kv_cache_append", &pipo::kv_cache_append_cuda);
   m.impl("kv_cache_compact", &pipo::kv_cache_compact_cuda);
   m.impl("fold_pairs", &pipo::fold_pairs_cuda);

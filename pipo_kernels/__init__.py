@@ -38,6 +38,7 @@ from .attention import paged_attention  # noqa: E402
 from .fused import fused_add_rmsnorm, qk_norm_rope_append  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
 from .latent import fold_groups, fold_pairs, unfold_input  # noqa: E402
+from .linear import linear  # noqa: E402
 from .pair_out import group_out, pair_out  # noqa: E402
 from .sampling import sample_tokens  # noqa: E402
 from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
@@ -57,6 +58,7 @@ __all__ = [
     "group_out",
     "kv_cache_append",
     "kv_cache_compact",
+    "linear",
     "paged_attention",
     "pair_out",
     "qk_norm_rope_append",

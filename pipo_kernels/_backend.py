@@ -80,21 +80,36 @@ def why_unavailable(op: str, backend: str, device: torch.device) -> str | None:
     return f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}"
 
 
+# os.environ.get encodes the key and decodes the value on every call (2 of the ~3 us a wrapper
+# spent choosing its backend, on every op call of a decode step); on POSIX the same variables are
+# read from os.environ's own bytes table, which every os.environ / monkeypatch change updates.
+_raw = getattr(os.environ, "_data", None) if os.name == "posix" else None
+_ENV_BYTES: dict[bytes, bytes] | None = _raw if isinstance(_raw, dict) else None
+
+
+def _env_pair() -> tuple[str | bytes | None, str | bytes | None]:
+    table = _ENV_BYTES
+    if table is not None:
+        return table.get(b"PIPO_BACKEND"), table.get(b"TRITON_INTERPRET")
+    return os.environ.get("PIPO_BACKEND"), os.environ.get("TRITON_INTERPRET")
+
+
 # torch.compile treats the choice as a constant of the traced graph (it only depends on the
 # installed kernels, the device and the environment), so wrappers trace with fullgraph=True.
 @torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     """The backend that will run `op` for tensors on `device`."""
-    return _resolve(
-        op, device.type, backend, os.environ.get("PIPO_BACKEND"), os.environ.get("TRITON_INTERPRET")
-    )
+    env, interpret = _env_pair()
+    return _resolve(op, device.type, backend, env, interpret)
 
 
 @cache  # the choice is on every op call's path: decide once per (op, device, setting)
 def _resolve(
-    op: str, kind: str, backend: str | None, env: str | None, _interpret: str | None
+    op: str, kind: str, backend: str | None, env: str | bytes | None, _interpret: object
 ) -> str:
     device = torch.device(kind)
+    if isinstance(env, bytes):  # os.environ's raw value (_env_pair)
+        env = os.fsdecode(env)
     if backend is not None:
         reason = why_unavailable(op, backend, device)
         if reason is not None:

@@ -55,6 +55,8 @@ OPS: tuple[Op, ...] = (
     Op("verify_tree_stochastic", "verify"),
     Op("fused_add_rmsnorm", "fused", mutates=("x", "residual")),
     Op("qk_norm_rope_append", "fused", mutates=("q", "k_cache", "v_cache")),
+    # GEMV-bound on a CPU, cuBLAS on a GPU: a Triton twin would add nothing.
+    Op("linear", "linear", triton=False),
 )
 
 NAMES: tuple[str, ...] = tuple(op.name for op in OPS)

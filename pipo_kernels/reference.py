@@ -12,6 +12,7 @@ __all__ = [
     "gumbel_noise",
     "kv_cache_append",
     "kv_cache_compact",
+    "linear",
     "paged_attention",
     "pair_out",
     "qk_norm_rope_append",
@@ -284,6 +285,17 @@ def verify_tree_stochastic(
 
 
 __all__ += ["verify_stream", "verify_tree", "verify_tree_stochastic", "verify_uniform"]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, activation: str = "none") -> torch.Tensor:
+    """``x @ weight.T`` ("none"), or for weight = [gate; up] (2I rows) ``silu(x @ gate.T) *
+    (x @ up.T)`` ("swiglu"), in x's dtype as the model's eager nn.Linear / SiLU layers compute it
+    (float64 inputs stay float64)."""
+    y = torch.nn.functional.linear(x, weight)
+    if activation == "none":
+        return y
+    gate, up = y.chunk(2, dim=1)
+    return torch.nn.functional.silu(gate) * up
 
 
 def fold_pairs(

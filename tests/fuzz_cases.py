@@ -73,6 +73,7 @@ FLOAT_ARGS = {
     "verify_tree_stochastic": ("draft_probs", "target_probs"),
     "fused_add_rmsnorm": ("x", "residual", "weight"),
     "qk_norm_rope_append": ("q", "k", "k_cache"),
+    "linear": ("x", "weight"),
 }
 # Ops whose outputs are defined for non-finite inputs (NaN / inf propagate per row): compared with
 # the reference. The others (a softmax over a masked range, sampling, acceptance tests) only have
@@ -84,6 +85,7 @@ NONFINITE_EXACT = (
     "unfold_input",
     "fused_add_rmsnorm",
     "qk_norm_rope_append",
+    "linear",
 )
 # Index-value corruptions each op's builder knows (None: valid values).
 CORRUPTIONS = {
@@ -116,6 +118,7 @@ CORRUPTIONS = {
     ),
     "fused_add_rmsnorm": (),
     "qk_norm_rope_append": ("pos_high", "pos_negative", "slot_high"),
+    "linear": (),
 }
 
 
@@ -146,6 +149,11 @@ def last_dim_dense(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1
 
 
+def rows_dense(t: torch.Tensor) -> bool:
+    """[N, K] with each row dense (rows may overlap: the op only reads them)."""
+    return t.shape[1] <= 1 or t.stride(1) == 1
+
+
 LAYOUT = {
     ("kv_cache_append", "key"): token_block,
     ("kv_cache_append", "value"): token_block,
@@ -154,6 +162,7 @@ LAYOUT = {
     ("qk_norm_rope_append", "q"): token_block,
     ("qk_norm_rope_append", "k"): token_block,
     ("qk_norm_rope_append", "v"): token_block,
+    ("linear", "x"): rows_dense,
 }
 
 
@@ -489,6 +498,16 @@ def build_qk_norm_rope_append(p, g, corrupt):
         slot_mapping=tensors["slot_mapping"],
     )
     return tensors, dict(eps=1e-6)
+
+
+def build_linear(p, g, corrupt):
+    dt = DTYPES[p["dtype"]]
+    n, k, o = p["n"], p["k"], p["out"] * (2 if p["activation"] == "swiglu" else 1)
+    tensors = dict(
+        x=_randn(g, n, k, dtype=dt),
+        weight=_randn(g, o, k, dtype=dt, scale=max(k, 1) ** -0.5),
+    )
+    return tensors, dict(activation=p["activation"])
 
 
 BUILDERS = {

@@ -18,7 +18,7 @@ needs_matplotlib = pytest.mark.skipif(
 )
 
 CPU_RESULTS = RESULTS_DIR / "cpu-AMD-EPYC"
-OP_BENCHMARKS = ["attention", "kv_cache", "latent", "sampling", "verify"]
+OP_BENCHMARKS = ["attention", "kv_cache", "latent", "linear", "sampling", "verify"]
 
 
 def _png_size(path: Path) -> tuple[int, int]:

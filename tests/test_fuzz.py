@@ -138,6 +138,14 @@ PAIR = dict(
 )
 GROUP = dict(PAIR, steps=st.sampled_from((3, 0, 1, 2)))
 NORM = dict(dtype=dtypes, n=small, hidden=st.sampled_from((8, 1, 16)))
+# n up to 12: the CPU GEMV (at most 8 rows) and ATen's GEMM above it.
+LINEAR = dict(
+    dtype=dtypes,
+    n=st.sampled_from((1, 0, 3, 12, 8)),
+    k=st.sampled_from((17, 1, 16, 0)),
+    out=st.sampled_from((5, 1, 8)),
+    activation=st.sampled_from(("none", "swiglu")),
+)
 ROPE = dict(
     {k: v for k, v in KV.items() if k != "heads"},
     head_dim=st.sampled_from((4, 2, 8)),  # even: RoPE rotates pairs of channels
@@ -191,6 +199,7 @@ PARAMS = {
     "verify_tree_stochastic": TREE,
     "fused_add_rmsnorm": NORM,
     "qk_norm_rope_append": ROPE,
+    "linear": LINEAR,
 }
 
 

@@ -147,6 +147,51 @@ def test_kernel_path_matches_reference_pipo(kind):
         torch.testing.assert_close(ker, ref, atol=1e-4, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_fused_projections_follow_the_weights(tmp_path):
+    """The kernel path's stacked q/k/v and gate/up weights: the nn.Linear weights become views
+    of them (same Parameter objects), in-place updates reach the fused product, a replaced
+    parameter makes the next call rebuild it, and checkpoints still save separate tensors."""
+    ar, _ = small_models(seed=3)
+    attn, mlp = ar.layers[0].self_attn, ar.layers[0].mlp
+    q_param = attn.q_proj.weight
+    ids = torch.randint(0, 256, (6,), generator=torch.Generator().manual_seed(2))
+
+    def both():
+        out = []
+        for use_kernels in (False, True):
+            cache = ar.new_cache(num_pages=4, page_size=4)
+            out.append(ar(ids, packed_meta(cache, [6]), cache, use_kernels))
+        torch.testing.assert_close(out[1], out[0], atol=1e-4, rtol=1e-4)
+
+    both()
+    fused = attn.__dict__["_qkv"][0]
+    assert attn.q_proj.weight is q_param
+    assert attn.v_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == (
+        mlp.__dict__["_gate_up"][0].untyped_storage().data_ptr()
+    )
+    attn.q_proj.weight.mul_(1.5)  # in place: the fused product sees it
+    mlp.gate_proj.weight.mul_(0.5)
+    both()
+    attn.k_proj.weight = torch.nn.Parameter(torch.randn_like(attn.k_proj.weight) * 0.08)
+    both()  # rebuilt from the new parameter
+    assert attn.__dict__["_qkv"][0] is not fused
+    if checkpoint_savable():
+        checkpoint.save(ar, tmp_path / "fused")
+        loaded = checkpoint.load(tmp_path / "fused")
+        for name, value in ar.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def checkpoint_savable() -> bool:
+    try:
+        import safetensors  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_from_backbone_keeps_weights_and_inits_heads():
     ar, _ = small_models()
     pipo = PIPOModel.from_backbone(ar)

@@ -115,18 +115,8 @@ struct Vec {
   static inline __attribute__((always_inline)) V fma(V a, V b, V c) {
     return _mm512_fmadd_ps(a, b, c);
   }
-  // out[j] = sum of the 16 lanes of v[j]: one interleaving tree for all four (about half the
-  // shuffles of four separate reductions).
   static inline __attribute__((always_inline)) void reduce4(const V (&v)[4], float* out) {
-    const V ab = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
-    const V cd = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
-    const __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
-    // Each 128-bit lane now holds (a, b, c, d) partial sums.
-    const V abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
-                                 _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
-    const __m128 lo = _mm_add_ps(_mm512_castps512_ps128(abcd), _mm512_extractf32x4_ps(abcd, 1));
-    const __m128 hi = _mm_add_ps(_mm512_extractf32x4_ps(abcd, 2), _mm512_extractf32x4_ps(abcd, 3));
-    _mm_storeu_ps(out, _mm_add_ps(lo, hi));
+    cpu::reduce4_avx512(v[0], v[1], v[2], v[3], out);
   }
 };
 

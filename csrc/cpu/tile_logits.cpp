@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "gemv.h"
 #include "vec.h"
 
 namespace pipo::cpu {
@@ -131,6 +132,11 @@ void rows_dot(const float* x, int64_t batch, int64_t h, const T* w, int64_t n, f
 void tile_logits(const at::Tensor& x, const at::Tensor& w, float* out, std::vector<float>& wbuf) {
   const int64_t n = w.size(0), h = w.size(1), batch = x.size(0);
   if (w.scalar_type() == at::kFloat) {
+    // A few rows (decode): the weight-streaming GEMV of the linear op, about twice MKL's rate on
+    // these tiles (docs/engine.md).
+    if (x.is_contiguous() && w.stride(1) == 1 && w.stride(0) == h &&
+        gemv_f32(x.data_ptr<float>(), batch, h, w.data_ptr<float>(), n, h, out))
+      return;
     // Kernels run below autograd: weights that require grad (model parameters) are fine here.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto out_t = at::from_blob(out, {batch, n}, x.options());

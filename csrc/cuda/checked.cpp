@@ -8,6 +8,7 @@
 #include "../fused.h"
 #include "../kv_cache.h"
 #include "../latent.h"
+#include "../linear.h"
 #include "../ops.h"
 #include "../pair_out.h"
 #include "../sampling.h"
@@ -45,6 +46,13 @@ void kv_cache_compact_cuda(at::Tensor& k_cache, at::Tensor& v_cache, const at::T
   check_cuda(k_cache, "k_cache");
   if (validate_enabled()) check_compact_values(src_slots, dst_slots, num_slots(k_cache));
   kv_cache_compact_cuda_launch(k_cache, v_cache, src_slots, dst_slots);
+}
+
+// cuBLAS is near the memory roofline for decode-sized GEMVs on a GPU: the ATen formulation.
+at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& weight, c10::string_view activation) {
+  const bool swiglu = check_linear_args(x, weight, activation);
+  check_cuda(x, "x");
+  return linear_aten(x, weight, swiglu);
 }
 
 at::Tensor fold_pairs_cuda(const at::Tensor& pair_ids, const at::Tensor& embedding,

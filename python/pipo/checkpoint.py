@@ -47,7 +47,12 @@ def save(model: ARModel | PIPOModel, path: str | Path) -> Path:
     kind = "pipo" if isinstance(model, PIPOModel) else "ar"
     meta = {"pipo_checkpoint": FORMAT_VERSION, "kind": kind, "config": model.config.to_dict()}
     (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # clone(): the kernel path's fused projections make q/k/v (gate/up) views of one tensor,
+    # and safetensors refuses tensors that share memory.
+    tensors = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
     _safetensors().save_file(tensors, str(path / "model.safetensors"), metadata={"kind": kind})
     return path
 

@@ -152,6 +152,35 @@ def reference_attention(
     return out
 
 
+def fused_weight(owner: nn.Module, name: str, *parts: nn.Linear) -> torch.Tensor:
+    """The weights of ``parts`` stacked by rows ([sum of out_features, in_features]), for the
+    kernel path's one product in place of several (q/k/v, gate/up).
+
+    Built once, then the parts' weights become views of it (``param.data`` re-pointed: the same
+    Parameter objects, so optimizers, load_state_dict and in-place updates keep acting on what
+    the fused product reads, and no memory is duplicated). Stored on ``owner`` as a plain
+    attribute, outside state_dict. Each eager call checks that the parts still are those views
+    (a ``.to()``, a reassigned parameter or ``.data`` breaks that) and rebuilds it if not; a
+    compiled step reads it as traced (the check needs data pointers, which tracing has not).
+    """
+    cached = owner.__dict__.get(name)
+    if torch.compiler.is_compiling():
+        if cached is not None:
+            return cached[0]
+        return torch.cat([p.weight for p in parts])
+    weights = [p.weight for p in parts]
+    if cached is not None and cached[1] == [w.data_ptr() for w in weights]:
+        return cached[0]
+    with torch.no_grad(), torch.inference_mode(False):  # a normal tensor: training can use it
+        fused = torch.cat([w.detach() for w in weights])
+        start = 0
+        for w in weights:
+            w.data = fused[start : start + w.shape[0]]
+            start += w.shape[0]
+    owner.__dict__[name] = (fused, [w.data_ptr() for w in weights])
+    return fused
+
+
 class Attention(nn.Module):
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
@@ -168,10 +197,14 @@ class Attention(nn.Module):
         """x [N, H] -> [N, H]; writes the N tokens' K/V. ``rope``: (cos, sin) [N, D] from
         rope_cos_sin on the plain path, the rope_table [max_pos, D] with kernels."""
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
         if use_kernels:
+            # One product for q, k and v; the three are strided views of its rows.
+            qkv = ops.linear(
+                x=x, weight=fused_weight(self, "_qkv", self.q_proj, self.k_proj, self.v_proj)
+            )
+            q, k, v = qkv.view(n, -1, self.head_dim).split(
+                [self.heads, self.kv_heads, self.kv_heads], dim=1
+            )
             qk_norm = isinstance(self.q_norm, RMSNorm)
             ops.qk_norm_rope_append(  # q rotated in place; the rotated k and v go to the cache
                 q=q,
@@ -195,12 +228,15 @@ class Attention(nn.Module):
                 q_indptr=meta.q_indptr,
                 tree_mask=meta.tree_mask,
             )
-        else:
-            q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-            keep = meta.slot_mapping >= 0
-            k_cache.flatten(0, 1)[meta.slot_mapping[keep]] = k[keep]
-            v_cache.flatten(0, 1)[meta.slot_mapping[keep]] = v[keep]
-            o = reference_attention(q, k_cache, v_cache, meta)
+            return ops.linear(x=o.reshape(n, self.heads * self.head_dim), weight=self.o_proj.weight)
+        q = self.q_proj(x).view(n, self.heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
+        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
+        keep = meta.slot_mapping >= 0
+        k_cache.flatten(0, 1)[meta.slot_mapping[keep]] = k[keep]
+        v_cache.flatten(0, 1)[meta.slot_mapping[keep]] = v[keep]
+        o = reference_attention(q, k_cache, v_cache, meta)
         return self.o_proj(o.reshape(n, self.heads * self.head_dim))
 
 
@@ -211,7 +247,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, use_kernels: bool = False):
+        """x [N, H] -> [N, H]; with kernels, gate and up in one product (its SwiGLU fused)."""
+        if use_kernels:
+            gate_up = fused_weight(self, "_gate_up", self.gate_proj, self.up_proj)
+            a = ops.linear(x=x, weight=gate_up, activation="swiglu")
+            return ops.linear(x=a, weight=self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -241,7 +282,7 @@ class DecoderLayer(nn.Module):
         a = self.self_attn(delta, meta, rope_table, k_cache, v_cache, True)
         norm = self.post_attention_layernorm
         ops.fused_add_rmsnorm(x=a, residual=residual, weight=norm.weight, eps=norm.eps)
-        return self.mlp(a)
+        return self.mlp(a, use_kernels=True)
 
 
 def run_fused(layers, x, final_norm: RMSNorm, meta, rope_table, k_caches, v_caches):
