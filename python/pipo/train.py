@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import train_real
 from .checkpoint import load, save
 from .config import ModelConfig, preset
 from .data import load_corpus, pad_split, sample_batch
@@ -386,12 +387,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, choices=("ar", "pipo", "opd"), default=value)
         else:
             p.add_argument(flag, type=type(value), default=value)
+    train_real.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     fields = asdict(TrainConfig())
     cfg = TrainConfig(**{k: getattr(args, k) for k in fields})
+    if cfg.stage == "pipo" and train_real.is_real_backbone(args.init_from):
+        return train_real.main(args, cfg)  # a Hugging Face / GGUF backbone (docs/training.md)
     train(
         cfg, args.out, init_from=args.init_from, teacher=args.teacher, progress=not args.no_progress
     )
