@@ -105,11 +105,18 @@ def _log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_train_decreases_loss_resumes_and_round_trips(backbone, corpus, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained(backbone, corpus, tmp_path_factory):
+    """The run folder of an uninterrupted 6-step training."""
+    whole = tmp_path_factory.mktemp("whole")
+    tr.train_real(TrainConfig(**CFG), whole, backbone[0], corpus_root=corpus, **REAL)
+    return whole
+
+
+def test_train_decreases_loss_resumes_and_round_trips(backbone, corpus, trained, tmp_path, capsys):
     folder, _ = backbone
     cfg = TrainConfig(**CFG)
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    tr.train_real(cfg, whole, folder, corpus_root=corpus, **REAL)
+    whole, parts = trained, tmp_path / "parts"
     log = _log(whole)
     assert log[0]["step"] == 0 and log[0]["ar_bpt"] > 0
     assert log[-1]["step"] == 6 and log[-1]["bpt"] < log[0]["bpt"]
@@ -149,3 +156,15 @@ def test_bad_options_are_refused(backbone, corpus, tmp_path):
     with pytest.raises(ValueError, match="seq_len"):
         tr.train_real(TrainConfig(**{**CFG, "seq_len": 33}), tmp_path, folder)
     assert tr.is_real_backbone(folder) and not tr.is_real_backbone(tmp_path)
+
+
+def test_report_runs_on_a_trained_run(backbone, trained, tmp_path, capsys):
+    from benchmarks import report_smollm2
+
+    argv = ["--ar", str(backbone[0]), "--pipo", str(trained / "final"), "--run", str(trained)]
+    assert report_smollm2.main([*argv, "--quick", "--out-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "smollm2_report.json").read_text())
+    assert [r["threshold"] for r in report["quality"]] == report_smollm2.THRESHOLDS
+    assert {r["mode"] for r in report["speed"]} == {"ar", "pipo", "spec"}
+    assert len(report["samples"]) == 2 * len(report_smollm2.PROMPTS)
+    assert report["training"]["steps"] == 6 and report["training"]["tokens_seen"] == 768
