@@ -21,7 +21,8 @@ What differs from the built-in recipe (pipo.train), and why:
   cached in the output folder.
 - **Output.** ``final/``: a full PIPO checkpoint (LoRA merged, float32, + the tokenizer files) for
   ``pipo generate --model OUT/final --mode pipo``; ``delta/``: only the trained tensors (float16)
-  plus the recipe, which ``apply_delta`` turns back into the full checkpoint given the backbone.
+  plus the recipe, which ``apply_delta`` (``python -m pipo.train_real --delta D --backbone B
+  --out O``) turns back into the full checkpoint given the backbone.
 
 Resumable: ``state.pt`` (trained tensors, optimizer, step, wall time) every ``--save-every``
 steps; re-running the same command continues. Example::
@@ -548,3 +549,16 @@ def main(args: argparse.Namespace, cfg) -> int:
         progress=not args.no_progress,
     )
     return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m pipo.train_real",
+        description="Rebuild the full PIPO checkpoint of a delta folder (delta.json + "
+        "delta.safetensors) on its backbone folder.",
+    )
+    parser.add_argument("--delta", required=True, help="the delta folder")
+    parser.add_argument("--backbone", required=True, help="the backbone folder (pipo fetch)")
+    parser.add_argument("--out", required=True, help="where the full checkpoint goes")
+    ns = parser.parse_args()
+    print(apply_delta(ns.delta, ns.backbone, ns.out))
