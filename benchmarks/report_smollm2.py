@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="gated θs")
     p.add_argument("--speed-thresholds", default="0,0.5,0.8,1")
     p.add_argument("--sample-tokens", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
@@ -170,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     gated = windows[: args.gated_windows]
     ar_bpt, _ = ar_bits(ar, gated)
     quality = []
-    for th in THRESHOLDS:
+    for th in [float(x) for x in args.thresholds.split(",")]:
         bpt, commit = gated_bpb(pipo, gated, th)
+        print(f"θ={th}: gated bits/token {bpt:.3f}, commit {commit:.3f}", flush=True)
         keep = conf >= th if th < 1 else torch.zeros_like(agree)
         n = int(keep.sum())
         quality.append(

@@ -164,7 +164,9 @@ def test_report_runs_on_a_trained_run(backbone, trained, tmp_path, capsys):
     argv = ["--ar", str(backbone[0]), "--pipo", str(trained / "final"), "--run", str(trained)]
     assert report_smollm2.main([*argv, "--quick", "--out-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "smollm2_report.json").read_text())
-    assert [r["threshold"] for r in report["quality"]] == report_smollm2.THRESHOLDS
+    assert [r["threshold"] for r in report["quality"]] == [
+        float(x) for x in report_smollm2.THRESHOLDS
+    ]
     assert {r["mode"] for r in report["speed"]} == {"ar", "pipo", "spec"}
     assert len(report["samples"]) == 2 * len(report_smollm2.PROMPTS)
     assert report["training"]["steps"] == 6 and report["training"]["tokens_seen"] == 768
