@@ -156,6 +156,9 @@ def test_bad_options_are_refused(backbone, corpus, tmp_path):
     with pytest.raises(ValueError, match="seq_len"):
         tr.train_real(TrainConfig(**{**CFG, "seq_len": 33}), tmp_path, folder)
     assert tr.is_real_backbone(folder) and not tr.is_real_backbone(tmp_path)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="convert it to a folder first"):
+        tr.train_real(TrainConfig(**CFG), tmp_path / "o", tmp_path / "m.gguf")
 
 
 def test_report_runs_on_a_trained_run(backbone, trained, tmp_path, capsys):

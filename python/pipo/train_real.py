@@ -409,6 +409,10 @@ def train_real(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     backbone = Path(backbone).expanduser()
+    if backbone.is_file():  # the tokenizer and its files are read from a folder
+        raise ValueError(
+            f"--init-from {backbone}: a file; convert it to a folder first (pipo convert FILE --out DIR)"
+        )
     torch.manual_seed(cfg.seed)
     bar = tqdm(total=cfg.steps, disable=not progress, desc="pipo (real backbone)", unit="step")
     tokenizer = HFTokenizer.from_folder(backbone)
