@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import train_real
 from .checkpoint import load, save
 from .config import ModelConfig, preset
 from .data import load_corpus, pad_split, sample_batch
@@ -386,6 +387,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, choices=("ar", "pipo", "opd", "mtp", "medusa"), default=value)
         else:
             p.add_argument(flag, type=type(value), default=value)
+    train_real.add_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -397,6 +399,8 @@ def main(args: argparse.Namespace) -> int:
 
         train_head(cfg, args.out, init_from=args.init_from, progress=not args.no_progress)
         return 0
+    if cfg.stage == "pipo" and train_real.is_real_backbone(args.init_from):
+        return train_real.main(args, cfg)  # a Hugging Face / GGUF backbone (docs/training.md)
     train(
         cfg, args.out, init_from=args.init_from, teacher=args.teacher, progress=not args.no_progress
     )
