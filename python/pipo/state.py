@@ -34,11 +34,11 @@ class StepView:
     """The static tensors of one decode step over rows 0 … size-1 (views of BatchState buffers,
     so a CUDA graph captured over them reads each step's values).
 
-    tokens int64 [size, w] (w = 1 for ar, 2 for pipo's pairs); pos int64 [size] (cache entries
+    tokens int64 [size, w] (w = 1 for ar, k for pipo's groups of k); pos int64 [size] (cache entries
     written); active bool [size] (rows that decode; the others write nothing and keep their
     state); table int32 [size, W]; indptr int32 [size + 1] (one query per row); temperature,
     top_p, presence_penalty float32 [size]; top_k int32 [size]; seeds, offsets int64 [size];
-    seen int32 [size, ceil(V / 32)]; out int64 [size, 2] (the tokens the step emits)."""
+    seen int32 [size, ceil(V / 32)]; out int64 [size, max(2, w)] (the tokens the step emits)."""
 
     tokens: torch.Tensor
     pos: torch.Tensor
@@ -114,7 +114,7 @@ class BatchState:
         self.seeds = zeros(rows, dtype=torch.int64)
         self.offsets = zeros(rows, dtype=torch.int64)
         self.seen = zeros(rows, (vocab_size + 31) // 32, dtype=torch.int32)
-        self.out = zeros(rows, 2, dtype=torch.int64)
+        self.out = zeros(rows, max(2, token_width), dtype=torch.int64)
         self.indptr = torch.arange(rows + 1, dtype=torch.int32, device=self.device)
         self.width = 1
         self.tables = {1: zeros(rows, 1, dtype=torch.int32)}
