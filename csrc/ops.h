@@ -42,6 +42,10 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cpu(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
+std::tuple<at::Tensor, at::Tensor> group_out_cpu(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& tokens,
+    const at::Tensor& norm_weight, const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,
+    double threshold, int64_t pad_id, double eps);
 void fused_add_rmsnorm_cpu(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                            double eps);
 void qk_norm_rope_append_cpu(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -87,6 +91,10 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
+std::tuple<at::Tensor, at::Tensor> group_out_cuda(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& tokens,
+    const at::Tensor& norm_weight, const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,
+    double threshold, int64_t pad_id, double eps);
 void fused_add_rmsnorm_cuda(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                             double eps);
 void qk_norm_rope_append_cuda(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -131,6 +139,10 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda_launch(
     const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& token1,
     const at::Tensor& token2, const at::Tensor& norm_weight, const at::Tensor& fc1_weight,
     const at::Tensor& fc2_weight, double threshold, int64_t pad_id, double eps);
+std::tuple<at::Tensor, at::Tensor> group_out_cuda_launch(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& tokens,
+    const at::Tensor& norm_weight, const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,
+    double threshold, int64_t pad_id, double eps);
 void fused_add_rmsnorm_cuda_launch(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                                    double eps);
 void qk_norm_rope_append_cuda_launch(at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -23,7 +23,8 @@ TORCH_LIBRARY(pipo, m) {
   m.def(
       "kv_cache_compact(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor src_slots, "
       "Tensor dst_slots) -> ()");
-  // act(weight @ [embedding[pair_ids[n, 0]]; embedding[pair_ids[n, 1]]] + bias): the pair-in fold.
+  // act(weight @ [embedding[pair_ids[n, 0]]; ...; embedding[pair_ids[n, k-1]]] + bias), pair_ids
+  // [N, k]: the pair-in fold (k = 2) and its k-token generalisation.
   m.def(
       "fold_pairs(Tensor pair_ids, Tensor embedding, Tensor weight, Tensor? bias, "
       "str activation) -> Tensor");
@@ -57,6 +58,12 @@ TORCH_LIBRARY(pipo, m) {
       "pair_out(Tensor hidden, Tensor mtp_hidden, Tensor token1, Tensor token2, "
       "Tensor norm_weight, Tensor fc1_weight, Tensor fc2_weight, float threshold, int pad_id, "
       "float eps) -> (Tensor, Tensor)");
+  // pair_out's head per MTP step j of [hidden; mtp_hidden[:, j]] and the longest passing prefix
+  // of each group: (groups [B, 1+J], confidence [B, J]).
+  m.def(
+      "group_out(Tensor hidden, Tensor mtp_hidden, Tensor tokens, Tensor norm_weight, "
+      "Tensor fc1_weight, Tensor fc2_weight, float threshold, int pad_id, float eps) "
+      "-> (Tensor, Tensor)");
   // In place: residual += x; x = rmsnorm(residual) * weight (the layer's add + next norm).
   m.def("fused_add_rmsnorm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   // Per-head q/k RMSNorm + RoPE from a cos/sin table; q rotated in place, k/v appended to cache.
@@ -76,6 +83,7 @@ TORCH_LIBRARY_IMPL(pipo, CPU, m) {
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cpu);
   m.impl("sample_tokens", &pipo::sample_tokens_cpu);
   m.impl("pair_out", &pipo::pair_out_cpu);
+  m.impl("group_out", &pipo::group_out_cpu);
   m.impl("fused_add_rmsnorm", &pipo::fused_add_rmsnorm_cpu);
   m.impl("qk_norm_rope_append", &pipo::qk_norm_rope_append_cpu);
 }
@@ -91,6 +99,7 @@ TORCH_LIBRARY_IMPL(pipo, CUDA, m) {
   m.impl("verify_tree_stochastic", &pipo::verify_tree_stochastic_cuda);
   m.impl("sample_tokens", &pipo::sample_tokens_cuda);
   m.impl("pair_out", &pipo::pair_out_cuda);
+  m.impl("group_out", &pipo::group_out_cuda);
   m.impl("fused_add_rmsnorm", &pipo::fused_add_rmsnorm_cuda);
   m.impl("qk_norm_rope_append", &pipo::qk_norm_rope_append_cuda);
 }

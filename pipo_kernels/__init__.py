@@ -37,21 +37,24 @@ from ._backend import (  # noqa: E402
 from .attention import paged_attention  # noqa: E402
 from .fused import fused_add_rmsnorm, qk_norm_rope_append  # noqa: E402
 from .kv_cache import kv_cache_append, kv_cache_compact  # noqa: E402
-from .latent import fold_pairs, unfold_input  # noqa: E402
-from .pair_out import pair_out  # noqa: E402
+from .latent import fold_groups, fold_pairs, unfold_input  # noqa: E402
+from .pair_out import group_out, pair_out  # noqa: E402
 from .sampling import sample_tokens  # noqa: E402
 from .verify import verify_tree, verify_tree_stochastic  # noqa: E402
 
 if triton_importable():
     from . import triton  # noqa: F401  (registers torch.ops.pipo.*_triton)
 
-# The ops' names are pipo_kernels._registry.NAMES (tests/test_registry.py checks this list).
+# The ops' names are pipo_kernels._registry.NAMES, plus its ALIASES (tests/test_registry.py
+# checks this list).
 __all__ = [
     "HAS_C",
     "__version__",
     "available_backends",
+    "fold_groups",
     "fold_pairs",
     "fused_add_rmsnorm",
+    "group_out",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",

@@ -49,6 +49,7 @@ OPS: tuple[Op, ...] = (
     Op("unfold_input", "latent"),
     Op("sample_tokens", "sampling"),
     Op("pair_out", "pair_out"),
+    Op("group_out", "pair_out"),  # pair_out's gate for groups of k = 1 + J tokens
     Op("paged_attention", "attention"),
     Op("verify_tree", "verify"),
     Op("verify_tree_stochastic", "verify"),
@@ -57,6 +58,9 @@ OPS: tuple[Op, ...] = (
 )
 
 NAMES: tuple[str, ...] = tuple(op.name for op in OPS)
+# Second public names of an op's wrapper (the same function object, no schema of their own):
+# exported by pipo_kernels and pipo.ops beside the op's own name.
+ALIASES: dict[str, str] = {"fold_groups": "fold_pairs"}
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(op.family for op in OPS))
 TRITON_NAMES: tuple[str, ...] = tuple(op.name for op in OPS if op.triton)
 
@@ -71,4 +75,4 @@ def get(name: str) -> Op:
         raise ValueError(f"name: expected one of {', '.join(NAMES)}, got {name!r}") from None
 
 
-__all__ = ["FAMILIES", "NAMES", "OPS", "TRITON_NAMES", "Op", "get"]
+__all__ = ["ALIASES", "FAMILIES", "NAMES", "OPS", "TRITON_NAMES", "Op", "get"]

@@ -1,5 +1,6 @@
-"""Fused latent projection (docs/ops.md §2): the pair-in fold and the pair-out unfold input.
-Public wrappers, argument checks shared with the Triton kernels, and fake kernels."""
+"""Fused latent projection (docs/ops.md §2): the pair-in fold (k tokens per group, k = 2 for
+pairs) and the pair-out unfold input. Public wrappers, argument checks shared with the Triton
+kernels, and fake kernels."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ._checks import (
     should_check_values,
 )
 
-__all__ = ["fold_pairs", "unfold_input"]
+__all__ = ["fold_groups", "fold_pairs", "unfold_input"]
 
 ACTIVATIONS = ("none", "silu")
 
@@ -26,15 +27,17 @@ def _check_index(t: torch.Tensor, name: str) -> None:
         fail(name, "dtype int32 or int64", t.dtype)
 
 
-def _check_table_and_weight(embedding: torch.Tensor, weight: torch.Tensor) -> None:
+def _check_table_and_weight(embedding: torch.Tensor, weight: torch.Tensor, parts: int) -> None:
+    """embedding [V, H] and weight [O, parts * H] (parts: tokens per group, or the two halves of
+    unfold_input's input)."""
     check_dim(embedding, 2, "embedding")
     check_float(embedding, "embedding")
     check_contiguous(embedding, "embedding")
     check_dim(weight, 2, "weight")
-    if weight.shape[1] != 2 * embedding.shape[1]:
+    if weight.shape[1] != parts * embedding.shape[1]:
         fail(
             "weight",
-            f"shape [O, {2 * embedding.shape[1]}] (2 * hidden size of embedding)",
+            f"shape [O, {parts * embedding.shape[1]}] ({parts} * hidden size of embedding)",
             f"shape {tuple(weight.shape)}",
         )
     check_like(weight, embedding, "weight", "embedding")
@@ -42,10 +45,12 @@ def _check_table_and_weight(embedding: torch.Tensor, weight: torch.Tensor) -> No
 
 
 def check_fold_args(pair_ids, embedding, weight, bias, activation) -> None:
-    """Shape / dtype / device checks of fold_pairs (no index values: see check_token_values)."""
-    _check_table_and_weight(embedding, weight)
+    """Shape / dtype / device checks of fold_pairs (no index values: see check_token_values).
+    The group size k is pair_ids.shape[1]; weight must then have k * H columns."""
     check_dim(pair_ids, 2, "pair_ids")
-    check_size(pair_ids, 1, 2, "pair_ids", "a pair of token ids")
+    if pair_ids.shape[1] < 1:
+        fail("pair_ids", "at least one token id per group (shape [N, k], k >= 1)", "k = 0")
+    _check_table_and_weight(embedding, weight, pair_ids.shape[1])
     _check_index(pair_ids, "pair_ids")
     if pair_ids.device != embedding.device:
         fail("pair_ids", f"the device of embedding ({embedding.device})", pair_ids.device)
@@ -63,7 +68,7 @@ def check_unfold_args(
     token_ids, hidden, embedding, embed_norm_weight, hidden_norm_weight, weight
 ) -> None:
     """Shape / dtype / device checks of unfold_input (no index values)."""
-    _check_table_and_weight(embedding, weight)
+    _check_table_and_weight(embedding, weight, 2)
     h = embedding.shape[1]
     check_dim(token_ids, 1, "token_ids")
     _check_index(token_ids, "token_ids")
@@ -124,18 +129,20 @@ def fold_pairs(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Fold token pairs into latents: ``act(weight @ [e(pair_ids[n,0]); e(pair_ids[n,1])] + bias)``.
+    """Fold groups of k tokens into latents: ``act(weight @ [e(ids[n,0]); ...; e(ids[n,k-1])] +
+    bias)``, k = ``pair_ids.shape[1]`` (k = 2: PIPO's pairs; any k >= 1).
 
     The embedding gather, the concatenation, the projection, the bias and the activation run as one
-    kernel; neither the gathered [N, 2, H] rows nor the [N, 2H] concatenation is written to memory.
+    kernel; neither the gathered [N, k, H] rows nor the [N, k*H] concatenation is written to memory.
     The linear compressor of PIPO is one call; the MLP compressor is
-    ``fold_pairs(..., activation="silu")`` with weight [2H, 2H], then an ordinary linear.
+    ``fold_pairs(..., activation="silu")`` with weight [kH, kH], then an ordinary linear.
+    :func:`fold_groups` is the same function under the general name.
 
     Args:
-        pair_ids: [N, 2] int32 or int64, contiguous; N may be 0.
+        pair_ids: [N, k] int32 or int64, contiguous, k >= 1; N may be 0.
         embedding: [V, H] float32 / float16 / bfloat16, contiguous.
-        weight: [O, 2H], the embedding's dtype, contiguous; columns [0, H) multiply the first
-            token's embedding, [H, 2H) the second's.
+        weight: [O, k*H], the embedding's dtype, contiguous; columns [j*H, (j+1)*H) multiply the
+            embedding of token j of the group (j = 0 .. k-1).
         bias: [O] or None, the embedding's dtype.
         activation: "none" or "silu".
         backend: "cuda" | "triton" | "cpu" | "torch", or None for the fastest available one.
@@ -153,6 +160,8 @@ def fold_pairs(
         w = torch.randn(256, 512, dtype=torch.bfloat16) / 512**0.5
         pairs = torch.tensor([[1, 2], [3, 4], [5, 0]])
         z = pipo_kernels.fold_pairs(pairs, emb, w)  # [3, 256]
+        w4 = torch.randn(256, 1024, dtype=torch.bfloat16) / 1024**0.5
+        z4 = pipo_kernels.fold_groups(torch.tensor([[1, 2, 3, 4]]), emb, w4)  # [1, 256]
     """
     impl = _backend.resolve("fold_pairs", embedding.device, backend)
     if impl == "torch":
@@ -163,6 +172,11 @@ def fold_pairs(
     if impl == "triton":
         return torch.ops.pipo.fold_pairs_triton(pair_ids, embedding, weight, bias, activation)
     return torch.ops.pipo.fold_pairs(pair_ids, embedding, weight, bias, activation)
+
+
+# The general name of the k-token fold. The same function object, so that every argument name,
+# backend and check is fold_pairs' (the op stays pipo::fold_pairs: one schema, no second op).
+fold_groups = fold_pairs
 
 
 def unfold_input(

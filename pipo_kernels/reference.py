@@ -8,6 +8,7 @@ import torch
 __all__ = [
     "fold_pairs",
     "fused_add_rmsnorm",
+    "group_out",
     "gumbel_noise",
     "kv_cache_append",
     "kv_cache_compact",
@@ -292,10 +293,11 @@ def fold_pairs(
     bias: torch.Tensor | None = None,
     activation: str = "none",
 ) -> torch.Tensor:
-    """act(weight @ concat(embedding[pair_ids[n, 0]], embedding[pair_ids[n, 1]]) + bias), computed
-    in float32 (float64 inputs stay float64) and returned in the embedding's dtype."""
+    """act(weight @ concat(embedding[pair_ids[n, 0]], ..., embedding[pair_ids[n, k-1]]) + bias)
+    for pair_ids [N, k] (any k >= 1; weight [O, k*H]), computed in float32 (float64 inputs stay
+    float64) and returned in the embedding's dtype."""
     acc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
-    x = embedding[pair_ids.long()].to(acc).flatten(1)  # [N, 2H]
+    x = embedding[pair_ids.long()].to(acc).flatten(1)  # [N, kH]
     y = torch.nn.functional.linear(x, weight.to(acc), None if bias is None else bias.to(acc))
     if activation == "silu":
         y = torch.nn.functional.silu(y)
@@ -457,6 +459,43 @@ def pair_out(
     second = torch.where(commit, token2.to(torch.int64), torch.full_like(token2, pad_id))
     pairs = torch.stack([token1.to(torch.int64), second.to(torch.int64)], dim=1)
     return pairs, confidence.to(torch.float32)
+
+
+def group_out(
+    hidden: torch.Tensor,
+    mtp_hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    norm_weight: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    threshold: float,
+    pad_id: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of pipo::group_out. hidden [B, H], mtp_hidden [B, J, H], tokens [B, 1+J].
+    confidence[b, j] = sigmoid(fc2 @ silu(fc1 @ (rmsnorm([hidden[b]; mtp_hidden[b, j]]) *
+    norm_weight))); token j+2 of a group is committed when token j+1 is and its step passes the
+    gate (threshold < 0: always; threshold >= 1: never; else confidence >= threshold), so groups
+    keep the longest passing prefix and PAD the rest. Float64 inputs compute in float64."""
+    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    steps = mtp_hidden.shape[1]
+    x = torch.cat([hidden[:, None, :].expand_as(mtp_hidden), mtp_hidden], dim=2).to(cdt)
+    x = x * torch.rsqrt(x.pow(2).mean(dim=2, keepdim=True) + eps) * norm_weight.to(cdt)
+    act = torch.nn.functional.silu(x @ fc1_weight.to(cdt).T)  # [B, J, H]
+    confidence = torch.sigmoid(act @ fc2_weight.to(cdt).T)[..., 0]  # [B, J]
+    if threshold < 0:
+        passed = torch.ones_like(confidence, dtype=torch.bool)
+    elif threshold >= 1:
+        passed = torch.zeros_like(confidence, dtype=torch.bool)
+    else:
+        passed = confidence >= threshold
+    committed = passed.to(torch.int64).cumprod(dim=1).bool()  # the passing prefix
+    tokens = tokens.to(torch.int64)
+    rest = torch.where(
+        committed, tokens[:, 1 : 1 + steps], torch.full_like(committed, pad_id, dtype=torch.int64)
+    )
+    groups = torch.cat([tokens[:, :1], rest], dim=1)
+    return groups, confidence.to(torch.float32)
 
 
 def fused_add_rmsnorm(

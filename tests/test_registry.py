@@ -100,16 +100,26 @@ def test_wrappers_and_fake_kernels():
             assert fake is not None, f"{op.name}: no fake kernel (torch.library.register_fake)"
             assert f"pipo_kernels/{op.family}.py" in fake.source, fake.source
         assert "backend: " in (fn.__doc__ or ""), f"{op.name}: document the backend argument"
-    public = set(pipo_kernels.__all__) - {
-        "HAS_C",
-        "__version__",
-        "available_backends",
-        "reference",
-        "resolve",
-        "triton_interpreting",
-    }
+    for alias, name in _registry.ALIASES.items():
+        assert alias not in NAMES, f"alias {alias} is also an op"
+        assert getattr(pipo_kernels, alias) is getattr(pipo_kernels, name), f"pipo_kernels.{alias}"
+        assert getattr(pipo.ops, alias) is getattr(pipo_kernels, name), f"pipo.ops.{alias}"
+    aliases = set(_registry.ALIASES)
+    public = (
+        set(pipo_kernels.__all__)
+        - aliases
+        - {
+            "HAS_C",
+            "__version__",
+            "available_backends",
+            "reference",
+            "resolve",
+            "triton_interpreting",
+        }
+    )
     assert public == NAMES, "pipo_kernels.__all__"
-    assert set(pipo.ops.__all__) - {"OPS", "resolve"} == NAMES and set(pipo.ops.OPS) == NAMES
+    assert set(pipo.ops.__all__) - {"OPS", "resolve"} == NAMES | aliases
+    assert set(pipo.ops.OPS) == NAMES
 
 
 def test_references():

@@ -1,8 +1,10 @@
-"""Triton kernel of pipo::fold_pairs, and the tiled GEMM body it shares with unfold_input.
+"""Triton kernel of pipo::fold_pairs (k tokens per group), and the tiled GEMM body it shares with
+unfold_input.
 
 One program computes a [BLOCK_M rows, BLOCK_N outputs] tile with tl.dot. The A tile is loaded
-straight from the gathered rows (embedding rows by token id, or hidden rows), so the [N, 2H]
-concatenation never exists; each half of the K range is one loop over its source table.
+straight from the gathered rows (embedding rows by token id, or hidden rows), so the [N, kH]
+concatenation never exists; each of the k parts of the K range is one loop over its source table
+(k is a compile-time constant: one specialisation per group size).
 Decode sizes (few rows) use small output tiles so that many programs stream the weight at once.
 """
 
@@ -29,12 +31,13 @@ def _half_dot(
     col_ok,
     H,
     half,
+    parts,  # the weight's columns in units of H (k for fold_pairs, 2 for unfold_input)
     NORM: tl.constexpr,
     IEEE: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """acc + A_half @ W[:, half*H : half*H+H]^T, A multiplied by gamma (NORM) in float32 first."""
-    w_rows = cols.to(tl.int64) * 2 * H + half * H
+    w_rows = cols.to(tl.int64) * parts * H + half * H
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
@@ -56,15 +59,16 @@ def _half_dot(
 
 @triton.jit
 def _fold_pairs_kernel(
-    ids_ptr,  # [N, 2] int32/int64
+    ids_ptr,  # [N, K] int32/int64
     emb_ptr,  # [V, H]
-    w_ptr,  # [O, 2H]
+    w_ptr,  # [O, K*H]
     bias_ptr,  # [O] (unused unless HAS_BIAS)
     out_ptr,  # [N, O]
     N,
     V,
     H,
     O,  # noqa: E741  (the op contract names the output features O)
+    K: tl.constexpr,  # tokens per group
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     IEEE: tl.constexpr,
@@ -77,8 +81,8 @@ def _fold_pairs_kernel(
     row_ok = rows < N
     col_ok = cols < O
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for half in tl.static_range(2):
-        ids = tl.load(ids_ptr + rows.to(tl.int64) * 2 + half, mask=row_ok, other=0).to(tl.int64)
+    for part in tl.static_range(K):
+        ids = tl.load(ids_ptr + rows.to(tl.int64) * K + part, mask=row_ok, other=0).to(tl.int64)
         ok = row_ok & (ids >= 0) & (ids < V)  # out-of-range ids are never followed
         acc = _half_dot(
             acc,
@@ -90,7 +94,8 @@ def _fold_pairs_kernel(
             cols,
             col_ok,
             H,
-            half,
+            part,
+            K,
             NORM=False,
             IEEE=IEEE,
             BLOCK_K=BLOCK_K,
@@ -150,6 +155,7 @@ def fold_pairs(
         v,
         h,
         o,
+        K=pair_ids.shape[1],
         HAS_BIAS=bias is not None,
         SILU=activation == "silu",
         IEEE=dot_in_f32(embedding),

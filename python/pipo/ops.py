@@ -8,8 +8,10 @@ ops are those of pipo_kernels._registry (the imports below are checked against i
 from __future__ import annotations
 
 from pipo_kernels import (
+    fold_groups,
     fold_pairs,
     fused_add_rmsnorm,
+    group_out,
     kv_cache_append,
     kv_cache_compact,
     paged_attention,
@@ -23,11 +25,14 @@ from pipo_kernels import (
 from pipo_kernels._registry import NAMES as OPS
 from pipo_kernels._registry import get as _get
 
-# The ops' names are pipo_kernels._registry.NAMES (tests/test_registry.py checks this list).
+# The ops' names are pipo_kernels._registry.NAMES, plus its ALIASES (tests/test_registry.py
+# checks this list).
 __all__ = [
     "OPS",
+    "fold_groups",
     "fold_pairs",
     "fused_add_rmsnorm",
+    "group_out",
     "kv_cache_append",
     "kv_cache_compact",
     "paged_attention",
