@@ -8,7 +8,7 @@ import torch
 from pipo_helpers import requires_safetensors, small_config
 
 import pipo_kernels
-from pipo.checkpoint import load, load_builtin, save
+from pipo.checkpoint import BUILTIN_DIR, load, load_builtin, save
 from pipo.config import ModelConfig, preset
 from pipo.data import pad_split
 from pipo.engine import Engine, Request, SamplingParams
@@ -427,3 +427,30 @@ def test_train_fold4_from_an_ar_backbone(tmp_path):
             corpus=(stream, stream),
             progress=False,
         )
+
+
+# ---------------------------------------------------------------------------- CLI and report
+
+
+def test_cli_fold_picks_the_builtin_pipo4(capsys):
+    from pipo import cli
+
+    gen = ["generate", "--prompt", "def ", "--max-new-tokens", "8", "--threads", "1"]
+    assert cli.main([*gen, "--fold", "4", "--no-kernels", "--ignore-eos"]) == 0
+    assert "tokens/pass" in capsys.readouterr().err
+    assert cli.main([*gen, "--fold", "4", "--model", str(BUILTIN_DIR / "pipo")]) == 2
+    assert "folds 2 tokens" in capsys.readouterr().err
+    assert cli.main([*gen, "--fold", "4", "--mode", "ar"]) == 2
+
+
+def test_gated_decode_k4_bounds(pipo4):
+    from benchmarks.report_model import gated_decode
+
+    windows = torch.randint(0, 256, (2, 23), generator=torch.Generator().manual_seed(2))
+    always = gated_decode(pipo4, windows, -1.0)
+    never = gated_decode(pipo4, windows, 1.0)
+    mid = gated_decode(pipo4, windows, 0.5)
+    assert always["commit_by_position"] == [1.0, 1.0, 1.0] and never["commit_rate"] == 0.0
+    assert never["tokens_per_pass"] == 1.0 and 3.5 < always["tokens_per_pass"] <= 4.0
+    rates = mid["commit_by_position"]
+    assert 0 < mid["commit_rate"] < 1 and rates[0] >= rates[1] >= rates[2]
