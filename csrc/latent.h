@@ -1,5 +1,5 @@
-// Argument checks of the fused latent projections (fold_pairs, unfold_input), shared by the CPU
-// and CUDA implementations.
+// Argument checks of the fused latent projections (fold_pairs with k tokens per group,
+// unfold_input), shared by the CPU and CUDA implementations.
 #pragma once
 
 #include <string_view>
@@ -13,14 +13,17 @@ inline void check_index_dtype(const at::Tensor& t, const char* name) {
               ": expected dtype int32 or int64, got ", t.scalar_type());
 }
 
-// The embedding table [V, H] and the projection weight [O, 2H] every latent op reads.
-inline void check_table_and_weight(const at::Tensor& embedding, const at::Tensor& weight) {
+// The embedding table [V, H] and the projection weight [O, parts * H] every latent op reads
+// (parts: the tokens of a fold group, or the two halves of unfold_input's input).
+inline void check_table_and_weight(const at::Tensor& embedding, const at::Tensor& weight,
+                                   int64_t parts) {
   check_dim(embedding, 2, "embedding");
   check_float(embedding, "embedding");
   check_contiguous(embedding, "embedding");
   check_dim(weight, 2, "weight");
-  TORCH_CHECK(weight.size(1) == 2 * embedding.size(1), "weight: expected shape [O, ",
-              2 * embedding.size(1), "] (2 * hidden size of embedding), got ", shape_str(weight));
+  TORCH_CHECK(weight.size(1) == parts * embedding.size(1), "weight: expected shape [O, ",
+              parts * embedding.size(1), "] (", parts, " * hidden size of embedding), got ",
+              shape_str(weight));
   check_same_dtype(weight, embedding, "weight", "embedding");
   check_same_device(weight, embedding, "weight", "embedding");
   check_contiguous(weight, "weight");
@@ -35,9 +38,12 @@ inline bool parse_activation(std::string_view activation) {
 inline void check_fold_args(const at::Tensor& pair_ids, const at::Tensor& embedding,
                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             std::string_view activation) {
-  check_table_and_weight(embedding, weight);
+  // The group size k is pair_ids.size(1); the weight then has k * H columns.
   check_dim(pair_ids, 2, "pair_ids");
-  check_size(pair_ids, 1, 2, "pair_ids", "a pair of token ids");
+  TORCH_CHECK(pair_ids.size(1) >= 1,
+              "pair_ids: expected at least one token id per group (shape [N, k], k >= 1), got "
+              "k = 0");
+  check_table_and_weight(embedding, weight, pair_ids.size(1));
   check_index_dtype(pair_ids, "pair_ids");
   check_same_device(pair_ids, embedding, "pair_ids", "embedding");
   check_contiguous(pair_ids, "pair_ids");
@@ -54,7 +60,7 @@ inline void check_fold_args(const at::Tensor& pair_ids, const at::Tensor& embedd
 inline void check_unfold_args(const at::Tensor& token_ids, const at::Tensor& hidden,
                               const at::Tensor& embedding, const at::Tensor& embed_norm_weight,
                               const at::Tensor& hidden_norm_weight, const at::Tensor& weight) {
-  check_table_and_weight(embedding, weight);
+  check_table_and_weight(embedding, weight, 2);
   const int64_t h = embedding.size(1);
   check_dim(token_ids, 1, "token_ids");
   check_index_dtype(token_ids, "token_ids");

@@ -1,4 +1,5 @@
-"""fold_pairs and unfold_input (docs/ops.md §2) on every backend against the float64 reference.
+"""fold_pairs (k tokens per group, k = 1..4) and unfold_input (docs/ops.md §2) on every backend
+against the float64 reference.
 
 One list of samples (SAMPLES) drives correctness, opcheck, torch.compile and CUDA-graph capture.
 Without a GPU, Triton runs in its interpreter (TRITON_INTERPRET=1): sizes stay small."""
@@ -21,12 +22,12 @@ TOL = {
 }
 
 
-def fold_args(n, h, o, v, dtype, device, ids=torch.int64, bias=True, act="none", seed=0):
+def fold_args(n, h, o, v, dtype, device, ids=torch.int64, bias=True, act="none", k=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(v, h, generator=g)
-    w = torch.randn(o, 2 * h, generator=g) / (2 * h) ** 0.5
+    w = torch.randn(o, k * h, generator=g) / (k * h) ** 0.5
     b = torch.randn(o, generator=g) if bias else None
-    pair_ids = torch.randint(0, v, (n, 2), generator=g).to(ids)
+    pair_ids = torch.randint(0, v, (n, k), generator=g).to(ids)
     cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
     return dict(
         pair_ids=pair_ids.to(device),
@@ -67,6 +68,12 @@ SAMPLES = [
     ("fold_pairs", 5, 37, 13, 11, dict(ids=torch.int32, act="silu")),
     ("fold_pairs", 9, 64, 70, 50, dict(bias=False)),
     ("fold_pairs", 3, 24, 20, 7, dict(ids=torch.int32, bias=False, act="silu")),
+    # Groups of k = 1, 3, 4 tokens (PIPO-4 folds four): odd H, N = 0 and 1, int32 ids.
+    ("fold_pairs", 0, 16, 8, 10, dict(k=4)),
+    ("fold_pairs", 1, 16, 4, 10, dict(k=4)),
+    ("fold_pairs", 5, 37, 13, 11, dict(k=4, ids=torch.int32, act="silu")),
+    ("fold_pairs", 4, 21, 9, 12, dict(k=3, bias=False)),
+    ("fold_pairs", 6, 19, 7, 5, dict(k=1, ids=torch.int32)),
     ("unfold_input", 0, 16, 8, 10, {}),
     ("unfold_input", 1, 16, 4, 10, {}),
     ("unfold_input", 5, 37, 13, 11, dict(ids=torch.int32, eps=1e-5)),
@@ -76,6 +83,8 @@ SAMPLES = [
 CPU_SAMPLES = [
     ("fold_pairs", 70, 600, 130, 300, dict(act="silu")),
     ("fold_pairs", 131, 520, 67, 1000, dict(ids=torch.int32)),
+    ("fold_pairs", 70, 300, 130, 300, dict(k=4, act="silu")),
+    ("fold_pairs", 65, 1030, 66, 200, dict(k=3, ids=torch.int32)),
     ("unfold_input", 70, 600, 130, 300, {}),
     ("unfold_input", 131, 1030, 67, 1000, dict(strided=True)),
 ]
@@ -152,6 +161,41 @@ def test_decode_and_prefill_regimes_cuda(op, n, dtype, backend):
     check_case((op, n, 1024, 1024, 4096, {}), dtype, "cuda", backend)
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n", [1, 8, 9, 300])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_fold_k4_regimes_cuda(n, backend):
+    """PIPO-4's fold (k = 4, weight [H, 4H]) in both GPU regimes at a real hidden size."""
+    check_case(("fold_pairs", n, 1024, 1024, 4096, {"k": 4}), torch.bfloat16, "cuda", backend)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_fold_k_is_the_sum_of_per_token_projections(k):
+    """Column block j of the weight multiplies token j's embedding: the fold equals the sum of k
+    ordinary projections (float64, on every CPU backend), and fold_groups is fold_pairs."""
+    assert pipo_kernels.fold_groups is pipo_kernels.fold_pairs
+    args = fold_args(7, 13, 11, 17, torch.float32, "cpu", k=k, seed=k)
+    h = 13
+    emb, w, ids = args["embedding"].double(), args["weight"].double(), args["pair_ids"]
+    want = sum(emb[ids[:, j]] @ w[:, j * h : (j + 1) * h].T for j in range(k)) + args["bias"]
+    torch.testing.assert_close(
+        reference.fold_pairs(**{**args, "weight": w, "embedding": emb}), want
+    )
+    for backend in backends("fold_pairs", "cpu"):
+        got = pipo_kernels.fold_groups(**args, backend=backend)
+        torch.testing.assert_close(got.double(), want, **TOL[torch.float32])
+
+
+def test_fold_k2_unchanged():
+    """k = 2 through the generalised kernels gives what the pair fold gave: the concatenation of
+    the two rows times the weight (the PIPO-2 compressor's contract)."""
+    args = fold_args(9, 24, 16, 30, torch.float32, "cpu", act="silu")
+    x = args["embedding"][args["pair_ids"]].flatten(1)
+    want = torch.nn.functional.silu(torch.nn.functional.linear(x, args["weight"], args["bias"]))
+    for backend in backends("fold_pairs", "cpu"):
+        torch.testing.assert_close(pipo_kernels.fold_pairs(**args, backend=backend), want)
+
+
 def test_mlp_compressor_equivalence():
     """The MLP compressor is fold_pairs(silu, O=2H) then an ordinary linear (docs/ops.md §2)."""
     args = fold_args(6, 32, 64, 20, torch.float32, "cpu", act="silu")
@@ -170,7 +214,7 @@ def test_mlp_compressor_equivalence():
 # opcheck, torch.compile, CUDA graphs
 # ---------------------------------------------------------------------------------------------
 
-OPCHECK_SAMPLES = [s for s in SAMPLES if s[1] in (0, 5)]
+OPCHECK_SAMPLES = [s for s in SAMPLES if s[1] in (0, 5)]  # k = 2 and k = 4 among them
 
 
 def positional(op, args):
@@ -203,15 +247,18 @@ def test_opcheck(sample, suffix):
     torch.library.opcheck(getattr(torch.ops.pipo, name), positional(op, args), test_utils=utils)
 
 
+COMPILED = [("fold_pairs", {}), ("fold_pairs", {"k": 4}), ("unfold_input", {})]
+
+
 @pytest.mark.parametrize("kind", ["compiled", "triton"])
-@pytest.mark.parametrize("op", ["fold_pairs", "unfold_input"])
-def test_torch_compile_fullgraph(op, kind):
+@pytest.mark.parametrize("op,opts", COMPILED, ids=["fold_pairs", "fold_k4", "unfold_input"])
+def test_torch_compile_fullgraph(op, opts, kind):
     device = "cuda" if HAS_CUDA else "cpu"
     backend = kind if kind == "triton" else device
     skip_compile_if_interpreted(device, backend)
     if backend not in backends(op, device):
         pytest.skip(f"{backend} unavailable on {device}")
-    args = MAKE[op](7, 32, 24, 20, torch.float32, device)
+    args = MAKE[op](7, 32, 24, 20, torch.float32, device, **opts)
     fn = getattr(pipo_kernels, op)
 
     def step(a):
@@ -225,16 +272,16 @@ def test_torch_compile_fullgraph(op, kind):
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-@pytest.mark.parametrize("op", ["fold_pairs", "unfold_input"])
-def test_cuda_graph_capture(op, backend):
-    args = MAKE[op](8, 256, 256, 1000, torch.bfloat16, "cuda")
+@pytest.mark.parametrize("op,opts", COMPILED, ids=["fold_pairs", "fold_k4", "unfold_input"])
+def test_cuda_graph_capture(op, opts, backend):
+    args = MAKE[op](8, 256, 256, 1000, torch.bfloat16, "cuda", **opts)
     fn = getattr(pipo_kernels, op)
     fn(**args, backend=backend)  # compile / warm up outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = fn(**args, backend=backend)
-    fresh = MAKE[op](8, 256, 256, 1000, torch.bfloat16, "cuda", seed=1)
+    fresh = MAKE[op](8, 256, 256, 1000, torch.bfloat16, "cuda", seed=1, **opts)
     for k, v in fresh.items():  # new ids and rows, same buffers
         if torch.is_tensor(v) and k in ("pair_ids", "token_ids", "hidden"):
             args[k].copy_(v)
@@ -275,7 +322,10 @@ def _bad_fold():
         ("weight", a(weight=torch.randn(16, 6).t())),
         ("embedding", a(embedding=emb.to(torch.int64))),
         ("embedding", a(embedding=torch.randn(8, 10).t())),
-        ("pair_ids", a(pair_ids=torch.zeros(3, 3, dtype=torch.int64))),
+        ("weight", a(pair_ids=torch.zeros(3, 3, dtype=torch.int64))),  # k = 3 needs [O, 3H]
+        ("weight", a(pair_ids=torch.zeros(3, 1, dtype=torch.int64))),
+        ("pair_ids", a(pair_ids=torch.zeros(3, 0, dtype=torch.int64))),
+        ("pair_ids", a(pair_ids=torch.zeros(3, dtype=torch.int64))),
         ("pair_ids", a(pair_ids=torch.zeros(3, 2))),
         ("pair_ids", a(pair_ids=torch.tensor([[0, 1], [2, 10], [3, 4]]))),
         ("pair_ids", a(pair_ids=torch.tensor([[0, 1], [-1, 2], [3, 4]], dtype=torch.int32))),

@@ -1,5 +1,6 @@
-// Fused latent projections on the CPU: fold_pairs (embedding gather + concat + linear + bias +
-// activation) and unfold_input (two RMSNorms + concat + linear), one tiled GEMM each.
+// Fused latent projections on the CPU: fold_pairs (embedding gather of the k tokens of each group
+// + concat + linear + bias + activation) and unfold_input (two RMSNorms + concat + linear), one
+// tiled GEMM each.
 //
 // The GEMM body (latent_tiles.h) is compiled three times (vec.h): for AVX-512 with the bfloat16
 // dot product, for AVX-512, and for the baseline instruction set, picked at run time. Parallel
@@ -62,13 +63,14 @@ constexpr int64_t kChunk = 1024;
 constexpr int64_t kAccStride = kBlockOut;
 
 struct Problem {
-  const void* const* src;  // [N, 2] row pointers: the first and the second half of each input
-  const float* scale;      // [N, 2] RMSNorm scale of each half (unfold) or nullptr
-  const float* gamma;      // [2H] norm weights of both halves (unfold) or nullptr
-  const void* weight;      // [O, 2H]
+  const void* const* src;  // [N, parts] row pointers: the parts of each input, in column order
+  const float* scale;      // [N, parts] RMSNorm scale of each part (unfold) or nullptr
+  const float* gamma;      // [parts * H] norm weights of every part (unfold) or nullptr
+  const void* weight;      // [O, parts * H]
   const float* bias;       // [O] or nullptr
   void* out;               // [N, O]
   int64_t n, h, o;
+  int64_t parts;  // k tokens of a fold group; 2 for unfold_input (embedding, hidden)
   bool silu;
 };
 
@@ -193,7 +195,7 @@ void run(const Problem& p) {
   const int64_t row_blocks = ceil_div(p.n, kBlockRows);
   const int64_t tasks = ceil_div(p.o, kBlockOut) * row_blocks;
   // A task is worth a thread only with enough multiply-adds to hide the fork (~1M).
-  const int64_t task_macs = std::min(p.n, kBlockRows) * kBlockOut * 2 * p.h;
+  const int64_t task_macs = std::min(p.n, kBlockRows) * kBlockOut * p.parts * p.h;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(task_macs, 1));
   const cpu::Isa isa = cpu::cpu_isa();  // no AVX2 copy: below AVX-512 the generic one runs
   const bool avx512 = isa >= cpu::Isa::kAvx512;
@@ -220,24 +222,26 @@ void dispatch(const Problem& p, at::ScalarType dtype) {
   }
 }
 
+// dst[(i / every) * parts + first + i % every] = the table row of ids[i]: the `every` ids of an
+// input fill its parts from `first` on.
 template <typename Id>
 void row_pointers(const at::Tensor& ids, const at::Tensor& table, int64_t stride, int64_t every,
-                  int64_t first, const void** dst) {
+                  int64_t parts, int64_t first, const void** dst) {
   const Id* id = ids.data_ptr<Id>();
   const auto* base = static_cast<const char*>(table.data_ptr());
   const int64_t row_bytes = stride * table.element_size();
   at::parallel_for(0, ids.numel(), 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
-      dst[(i / every) * 2 + first + i % every] = base + static_cast<int64_t>(id[i]) * row_bytes;
+      dst[(i / every) * parts + first + i % every] = base + static_cast<int64_t>(id[i]) * row_bytes;
   });
 }
 
-void gather_rows(const at::Tensor& ids, const at::Tensor& table, int64_t every, int64_t first,
-                 const void** dst) {
+void gather_rows(const at::Tensor& ids, const at::Tensor& table, int64_t every, int64_t parts,
+                 int64_t first, const void** dst) {
   if (ids.scalar_type() == at::kInt)
-    row_pointers<int32_t>(ids, table, table.stride(0), every, first, dst);
+    row_pointers<int32_t>(ids, table, table.stride(0), every, parts, first, dst);
   else
-    row_pointers<int64_t>(ids, table, table.stride(0), every, first, dst);
+    row_pointers<int64_t>(ids, table, table.stride(0), every, parts, first, dst);
 }
 
 // Appends a contiguous float tensor's values as float32 (plain loops: a torch conversion costs
@@ -290,11 +294,12 @@ at::Tensor fold_pairs_cpu(const at::Tensor& pair_ids, const at::Tensor& embeddin
   TORCH_CHECK(embedding.device().is_cpu(), "embedding: expected a CPU tensor, got ",
               embedding.device());
   check_token_values(pair_ids, embedding.size(0), "pair_ids");
-  const int64_t n = pair_ids.size(0), h = embedding.size(1), o = weight.size(0);
+  const int64_t n = pair_ids.size(0), k = pair_ids.size(1), h = embedding.size(1);
+  const int64_t o = weight.size(0);
   at::Tensor out = at::empty({n, o}, embedding.options());
   if (n == 0 || o == 0) return out;
-  std::vector<const void*> src(2 * n);
-  gather_rows(pair_ids, embedding, 2, 0, src.data());
+  std::vector<const void*> src(k * n);
+  gather_rows(pair_ids, embedding, k, k, 0, src.data());
   std::vector<float> bias_f;
   if (bias.has_value()) append_floats(*bias, bias_f);
   Problem p{src.data(),
@@ -306,6 +311,7 @@ at::Tensor fold_pairs_cpu(const at::Tensor& pair_ids, const at::Tensor& embeddin
             n,
             h,
             o,
+            k,
             parse_activation(activation)};
   dispatch<false>(p, embedding.scalar_type());
   return out;
@@ -324,7 +330,7 @@ at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidde
   at::Tensor out = at::empty({n, o}, embedding.options());
   if (n == 0 || o == 0) return out;
   std::vector<const void*> src(2 * n);
-  gather_rows(token_ids, embedding, 1, 0, src.data());
+  gather_rows(token_ids, embedding, 1, 2, 0, src.data());
   const auto* hid = static_cast<const char*>(hidden.data_ptr());
   for (int64_t i = 0; i < n; ++i)
     src[2 * i + 1] = hid + i * hidden.stride(0) * hidden.element_size();
@@ -343,8 +349,8 @@ at::Tensor unfold_input_cpu(const at::Tensor& token_ids, const at::Tensor& hidde
       rms_scales<Fp16>(src.data(), n, h, eps, scale.data());
   }
   Problem p{
-      src.data(), scale.data(), gamma.data(), weight.data_ptr(), nullptr, out.data_ptr(), n, h,
-      o,          false};
+      src.data(), scale.data(), gamma.data(), weight.data_ptr(), nullptr, out.data_ptr(), n, h, o,
+      2,          false};
   dispatch<true>(p, embedding.scalar_type());
   return out;
 }

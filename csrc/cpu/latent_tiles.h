@@ -3,9 +3,10 @@
 // after `#pragma GCC target` where the set needs one. Nothing here calls torch: every call must
 // be inlined or compiled for the same instruction set.
 //
-// out[n, o] = act(sum_half dot(A_half[n], W[o, half*H : half*H+H]) + bias[o])
-// where A_half[n] is the row src[2n + half] (a gathered embedding row or a hidden row), for
-// unfold_input times its RMSNorm scale and norm weight. fold_pairs reads A rows straight from the
+// out[n, o] = act(sum_part dot(A_part[n], W[o, part*H : part*H+H]) + bias[o])
+// where A_part[n] is the row src[parts*n + part] (a gathered embedding row, one per token of a
+// fold group, or unfold_input's embedding and hidden rows), for unfold_input times its RMSNorm
+// scale and norm weight. fold_pairs reads A rows straight from the
 // table; unfold_input stages the normalised rows of one block and one column chunk at a time
 // (at most kBlockRows x kChunk values, cache-resident), so neither the gathered rows nor their
 // concatenation ever exists in memory.
@@ -64,11 +65,11 @@ inline __attribute__((always_inline)) void tile_dot(const TA* const* a, const TW
 }
 
 // Every R-row tile of `rows` A rows (pointers already at the chunk's first column) against the
-// block's outputs, over one chunk of one half.
+// block's outputs, over one chunk of one part.
 template <typename TA, typename TW, int R>
 inline __attribute__((always_inline)) void block_chunk(const Problem& p, const TA* const* a_rows,
                                                        int64_t rows, int64_t out0, int64_t outs,
-                                                       int half, int64_t k0, int64_t len,
+                                                       int part, int64_t k0, int64_t len,
                                                        float* acc) {
   const TW* weight = static_cast<const TW*>(p.weight);
   for (int64_t r = 0; r + R <= rows; r += R) {
@@ -77,7 +78,7 @@ inline __attribute__((always_inline)) void block_chunk(const Problem& p, const T
       const TW* w[kTileOut];
       for (int i = 0; i < kTileOut; ++i) {
         const int64_t o = out0 + std::min<int64_t>(j + i, outs - 1);
-        w[i] = weight + o * 2 * p.h + half * p.h + k0;
+        w[i] = weight + o * p.parts * p.h + part * p.h + k0;
       }
       tile_dot<TA, TW, R>(a_rows + r, w, len, acc + r * kAccStride + j, kAccStride);
     }
@@ -86,34 +87,34 @@ inline __attribute__((always_inline)) void block_chunk(const Problem& p, const T
 
 template <typename TA, typename TW>
 void block_chunk_all(const Problem& p, const TA* const* a_rows, int64_t rows, int64_t out0,
-                     int64_t outs, int half, int64_t k0, int64_t len, float* acc) {
+                     int64_t outs, int part, int64_t k0, int64_t len, float* acc) {
   const int64_t full = rows / kTileRows * kTileRows;
-  block_chunk<TA, TW, kTileRows>(p, a_rows, full, out0, outs, half, k0, len, acc);
+  block_chunk<TA, TW, kTileRows>(p, a_rows, full, out0, outs, part, k0, len, acc);
   const TA* const* rest_rows = a_rows + full;
   float* rest = acc + full * kAccStride;
   switch (rows - full) {
     case 1:
-      return block_chunk<TA, TW, 1>(p, rest_rows, 1, out0, outs, half, k0, len, rest);
+      return block_chunk<TA, TW, 1>(p, rest_rows, 1, out0, outs, part, k0, len, rest);
     case 2:
-      return block_chunk<TA, TW, 2>(p, rest_rows, 2, out0, outs, half, k0, len, rest);
+      return block_chunk<TA, TW, 2>(p, rest_rows, 2, out0, outs, part, k0, len, rest);
     case 3:
-      return block_chunk<TA, TW, 3>(p, rest_rows, 3, out0, outs, half, k0, len, rest);
+      return block_chunk<TA, TW, 3>(p, rest_rows, 3, out0, outs, part, k0, len, rest);
     default:
       return;
   }
 }
 
-// Stages rows [row0, row0 + rows) of one half, columns [k0, k0 + len), times the norm weight and
+// Stages rows [row0, row0 + rows) of one part, columns [k0, k0 + len), times the norm weight and
 // the row's RMSNorm scale, into `dst` (rows kChunk apart).
 template <typename T, typename S>
-void stage_rows(const Problem& p, int64_t row0, int64_t rows, int half, int64_t k0, int64_t len,
+void stage_rows(const Problem& p, int64_t row0, int64_t rows, int part, int64_t k0, int64_t len,
                 S* dst) {
   using VecT = std::conditional_t<sizeof(S) != 0, Vec, void>;
-  const float* gamma = p.gamma + half * p.h + k0;
+  const float* gamma = p.gamma + part * p.h + k0;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = row0 + r;
-    const T* src = static_cast<const T*>(p.src[2 * n + half]) + k0;
-    const float s = p.scale[2 * n + half];
+    const T* src = static_cast<const T*>(p.src[p.parts * n + part]) + k0;
+    const float s = p.scale[p.parts * n + part];
     const typename Vec::V sv = Vec::set1(s);
     S* out = dst + r * kChunk;
     int64_t k = 0;
@@ -151,17 +152,17 @@ void run_blocks(const Problem& p, int64_t task_begin, int64_t task_end) {
     const int64_t outs = std::min(kBlockOut, p.o - out0);
     const int64_t rows = std::min(kBlockRows, p.n - row0);
     std::fill(acc, acc + rows * kAccStride, 0.0f);
-    for (int half = 0; half < 2; ++half) {
+    for (int part = 0; part < p.parts; ++part) {
       for (int64_t k0 = 0; k0 < p.h; k0 += kChunk) {
         const int64_t len = std::min(kChunk, p.h - k0);
         if constexpr (kNorm) {
-          stage_rows<T>(p, row0, rows, half, k0, len, staged.get());
+          stage_rows<T>(p, row0, rows, part, k0, len, staged.get());
           for (int64_t r = 0; r < rows; ++r) staged_rows[r] = staged.get() + r * kChunk;
-          block_chunk_all<S, T>(p, staged_rows, rows, out0, outs, half, k0, len, acc);
+          block_chunk_all<S, T>(p, staged_rows, rows, out0, outs, part, k0, len, acc);
         } else {
           for (int64_t r = 0; r < rows; ++r)
-            table_rows[r] = static_cast<const T*>(p.src[2 * (row0 + r) + half]) + k0;
-          block_chunk_all<T, T>(p, table_rows, rows, out0, outs, half, k0, len, acc);
+            table_rows[r] = static_cast<const T*>(p.src[p.parts * (row0 + r) + part]) + k0;
+          block_chunk_all<T, T>(p, table_rows, rows, out0, outs, part, k0, len, acc);
         }
       }
     }

@@ -140,6 +140,16 @@ std::tuple<at::Tensor, at::Tensor> pair_out_cuda(
                               fc2_weight, threshold, pad_id, eps);
 }
 
+std::tuple<at::Tensor, at::Tensor> group_out_cuda(
+    const at::Tensor& hidden, const at::Tensor& mtp_hidden, const at::Tensor& tokens,
+    const at::Tensor& norm_weight, const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,
+    double threshold, int64_t pad_id, double eps) {
+  check_group_out_args(hidden, mtp_hidden, tokens, norm_weight, fc1_weight, fc2_weight);
+  check_cuda(hidden, "hidden");
+  return group_out_cuda_launch(hidden, mtp_hidden, tokens, norm_weight, fc1_weight, fc2_weight,
+                               threshold, pad_id, eps);
+}
+
 void fused_add_rmsnorm_cuda(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                             double eps) {
   check_add_rmsnorm_args(x, residual, weight);

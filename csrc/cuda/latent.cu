@@ -11,7 +11,7 @@
 namespace pipo {
 namespace {
 
-// Decode sizes: one fused launch. Prefill sizes: the gather kernel writes A [N, 2H], then
+// Decode sizes: one fused launch. Prefill sizes: the gather kernel writes A [N, P*H], then
 // cuBLAS (through ATen, on the current stream) computes A @ W^T with the bias, then SiLU.
 template <bool kUnfold>
 void launch(const LatentParams& p, const at::Tensor& like, const at::Tensor& weight,
@@ -23,7 +23,7 @@ void launch(const LatentParams& p, const at::Tensor& like, const at::Tensor& wei
     err = dispatch_dtype(cuda_dtype(like.scalar_type()),
                          [&]<typename T>() { return launch_latent<T, kUnfold>(p, stream); });
   } else {
-    a = at::empty({p.n, 2 * p.h}, like.options());
+    a = at::empty({p.n, p.parts * p.h}, like.options());
     err = dispatch_dtype(cuda_dtype(like.scalar_type()), [&]<typename T>() {
       return launch_latent_gather<T, kUnfold>(p, static_cast<T*>(a.data_ptr()), stream);
     });
@@ -55,6 +55,7 @@ at::Tensor fold_pairs_cuda_launch(const at::Tensor& pair_ids, const at::Tensor& 
   p.v = embedding.size(0);
   p.h = embedding.size(1);
   p.o = weight.size(0);
+  p.parts = pair_ids.size(1);
   p.silu = parse_activation(activation);
   launch<false>(p, embedding, weight, bias, out, "fold_pairs");
   return out;
@@ -85,6 +86,7 @@ at::Tensor unfold_input_cuda_launch(const at::Tensor& token_ids, const at::Tenso
   p.v = embedding.size(0);
   p.h = embedding.size(1);
   p.o = weight.size(0);
+  p.parts = 2;
   p.eps = static_cast<float>(eps);
   launch<true>(p, embedding, weight, std::nullopt, out, "unfold_input");
   return out;

@@ -1,9 +1,10 @@
 // Latent projections (fold_pairs, unfold_input): torch-free CUDA kernels and launchers.
 //
-// Both ops are one GEMM out[N, O] = A[N, 2H] @ W[O, 2H]^T whose A row n is two half-rows read
-// straight from their tables: fold_pairs takes embedding[ids[n, 0]] and embedding[ids[n, 1]];
-// unfold_input takes embedding[ids[n]] and hidden[n], each times its RMSNorm scale (a pre-pass
-// writes the [N, 2] float scales) and its norm weight.
+// Both ops are one GEMM out[N, O] = A[N, P*H] @ W[O, P*H]^T whose A row n is P parts of H
+// elements read straight from their tables: fold_pairs (P = k tokens per group) takes
+// embedding[ids[n, 0]], ..., embedding[ids[n, k-1]]; unfold_input (P = 2) takes embedding[ids[n]]
+// and hidden[n], each times its RMSNorm scale (a pre-pass writes the [N, 2] float scales) and
+// its norm weight.
 //
 // Two regimes:
 //  - decode (N <= kLatentFusedMaxRows): bound by reading W. One fused launch (after the unfold
@@ -11,8 +12,8 @@
 //    16-byte loads and keeps every A row's partial sums in registers; the few A rows are re-read
 //    from L1/L2.
 //  - prefill: bound by the matrix units. launch_latent_gather writes the gathered (and, for
-//    unfold, normalised) [N, 2H] rows once and the caller runs a library GEMM (cuBLAS through
-//    torch) with bias and SiLU. The gather is one extra pass over N * 2H elements; the fused WMMA
+//    unfold, normalised) [N, P*H] rows once and the caller runs a library GEMM (cuBLAS through
+//    torch) with bias and SiLU. The gather is one extra pass over N * P*H elements; the fused WMMA
 //    tile kernel it replaced was 4-10x slower than eager PyTorch on an H100 at N = 256-2048
 //    (benchmarks/NOTES.md).
 // A token id outside [0, V) is never followed: its row reads as zeros.
@@ -29,7 +30,7 @@
 namespace pipo {
 
 struct LatentParams {
-  const void* ids;  // fold: [N, 2]; unfold: [N]; int32 or int64 (ids_64)
+  const void* ids;  // fold: [N, parts]; unfold: [N]; int32 or int64 (ids_64)
   bool ids_64;
   const void* embedding;  // [V, H]
   const void* hidden;     // unfold: [N, H], rows hidden_stride elements apart
@@ -37,10 +38,11 @@ struct LatentParams {
   const void* gamma_e;  // unfold: [H] norm weight of the embedding half
   const void* gamma_h;  // unfold: [H] norm weight of the hidden half
   float* scale;         // unfold: [N, 2] float RMSNorm scales (written by the pre-pass)
-  const void* weight;   // [O, 2H]
+  const void* weight;   // [O, parts * H]
   const void* bias;     // fold: [O] or nullptr
   void* out;            // [N, O]
   int64_t n, v, h, o;
+  int64_t parts;  // fold: k tokens per group; unfold: 2 (embedding, hidden)
   float eps;
   bool silu;
 };
@@ -49,11 +51,11 @@ namespace latent_detail {
 
 constexpr int kGemvMaxRows = 8;
 
-// The first element of half-row `half` of A row n, or nullptr when its token id is out of range.
+// The first element of part `part` of A row n, or nullptr when its token id is out of range.
 template <typename T, bool kUnfold>
-__device__ __forceinline__ const T* row_src(const LatentParams& p, int64_t n, int half) {
-  if (kUnfold && half == 1) return static_cast<const T*>(p.hidden) + n * p.hidden_stride;
-  const int64_t i = kUnfold ? n : 2 * n + half;
+__device__ __forceinline__ const T* row_src(const LatentParams& p, int64_t n, int part) {
+  if (kUnfold && part == 1) return static_cast<const T*>(p.hidden) + n * p.hidden_stride;
+  const int64_t i = kUnfold ? n : p.parts * n + part;
   const int64_t id =
       p.ids_64 ? static_cast<const int64_t*>(p.ids)[i] : static_cast<const int32_t*>(p.ids)[i];
   if (id < 0 || id >= p.v) return nullptr;
@@ -98,22 +100,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32) latent_gemv_kernel(LatentPara
   if (o0 >= p.o) return;
   const int64_t h = p.h;
   float acc[kRows][kGemvOuts] = {};
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
+  for (int part = 0; part < p.parts; ++part) {
     const T* a[kRows];
     float s[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      a[r] = r < p.n ? row_src<T, kUnfold>(p, r, half) : nullptr;
-      s[r] = kUnfold && a[r] != nullptr ? p.scale[2 * r + half] : 1.0f;
+      a[r] = r < p.n ? row_src<T, kUnfold>(p, r, part) : nullptr;
+      s[r] = kUnfold && a[r] != nullptr ? p.scale[2 * r + part] : 1.0f;
     }
-    const T* gamma = static_cast<const T*>(half == 0 ? p.gamma_e : p.gamma_h);
+    const T* gamma = static_cast<const T*>(part == 0 ? p.gamma_e : p.gamma_h);
     const T* w[kGemvOuts];
 #pragma unroll
     for (int j = 0; j < kGemvOuts; ++j) {
       // A warp at the end of O repeats its last row; those sums are never stored.
       const int64_t o = o0 + j < p.o ? o0 + j : p.o - 1;
-      w[j] = static_cast<const T*>(p.weight) + o * 2 * h + half * h;
+      w[j] = static_cast<const T*>(p.weight) + o * p.parts * h + part * h;
     }
     for (int64_t k = static_cast<int64_t>(lane) * kVec; k < h; k += 32 * kVec) {
       float wv[kGemvOuts][kVec];
@@ -147,16 +148,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32) latent_gemv_kernel(LatentPara
   }
 }
 
-// Prefill: row n of A = [half 0 | half 1], each gathered (unfold: times gamma * scale, rounded
-// to T like the decode kernel's inputs), zeros for an out-of-range id. Grid (N, 2), 256 threads.
+// Prefill: row n of A = [part 0 | ... | part P-1], each gathered (unfold: times gamma * scale,
+// rounded to T like the decode kernel's inputs), zeros for an out-of-range id. Grid (N, P), 256
+// threads.
 template <typename T, bool kUnfold>
 __global__ void __launch_bounds__(256) latent_gather_kernel(LatentParams p, T* a) {
   const int64_t n = blockIdx.x;
-  const int half = blockIdx.y;
-  const T* src = row_src<T, kUnfold>(p, n, half);
-  const T* gamma = static_cast<const T*>(half == 0 ? p.gamma_e : p.gamma_h);
-  const float s = kUnfold && src != nullptr ? p.scale[2 * n + half] : 1.0f;
-  T* dst = a + (2 * n + half) * p.h;
+  const int part = blockIdx.y;
+  const T* src = row_src<T, kUnfold>(p, n, part);
+  const T* gamma = static_cast<const T*>(part == 0 ? p.gamma_e : p.gamma_h);
+  const float s = kUnfold && src != nullptr ? p.scale[2 * n + part] : 1.0f;
+  T* dst = a + (p.parts * n + part) * p.h;
   for (int64_t k = threadIdx.x; k < p.h; k += blockDim.x) {
     float v = src != nullptr ? to_float(src[k]) : 0.0f;
     if constexpr (kUnfold) v *= to_float(gamma[k]) * s;
@@ -216,15 +218,16 @@ cudaError_t launch_latent(const LatentParams& p, cudaStream_t stream) {
   return vec ? launch_gemv<T, kUnfold, kVec>(p, stream) : launch_gemv<T, kUnfold, 1>(p, stream);
 }
 
-// Prefill: writes A [N, 2H] (row-major, T) for out = A @ W^T (+ bias, SiLU) by the caller. For
-// unfold, p.scale must hold N * 2 floats. Never synchronises.
+// Prefill: writes A [N, parts * H] (row-major, T) for out = A @ W^T (+ bias, SiLU) by the caller.
+// For unfold, p.scale must hold N * 2 floats. Never synchronises.
 template <typename T, bool kUnfold>
 cudaError_t launch_latent_gather(const LatentParams& p, T* a, cudaStream_t stream) {
   using namespace latent_detail;
   if (p.n == 0) return cudaSuccess;
   const cudaError_t err = launch_prepass<T, kUnfold>(p, stream);
   if (err != cudaSuccess) return err;
-  latent_gather_kernel<T, kUnfold><<<dim3(static_cast<unsigned>(p.n), 2), 256, 0, stream>>>(p, a);
+  const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.parts));
+  latent_gather_kernel<T, kUnfold><<<grid, 256, 0, stream>>>(p, a);
   return cudaGetLastError();
 }
 
