@@ -458,8 +458,9 @@ def fold_report(args) -> int:
     gated = heldout_windows(heldout, args.gated_windows, args.window_len)
     t0 = time.perf_counter()
     ar_bpb, _ = ar_scores(ar, gated)
+    q_ths = sorted({float(x) for x in args.quality_thresholds.split(",")})
     quality = {
-        name: [{"threshold": th, **gated_decode(m, gated, th)} for th in THRESHOLDS]
+        name: [{"threshold": th, **gated_decode(m, gated, th)} for th in q_ths]
         for name, m in pipos.items()
     }
     quality_s = time.perf_counter() - t0
@@ -552,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         help="compare AR, --pipo and --pipo4 (model_report_folds.json / .png) instead",
     )
     p.add_argument("--pipo4", default=str(BUILTIN_DIR / "pipo4"), help="--folds: the PIPO-4")
+    p.add_argument(
+        "--quality-thresholds",
+        default=",".join(f"{t:g}" for t in THRESHOLDS),
+        help="--folds: the θ of the gated bpb runs",
+    )
     p.add_argument("--windows", type=int, default=64, help="held-out windows for quality")
     p.add_argument("--window-len", type=int, default=256)
     p.add_argument("--gated-windows", type=int, default=32, help="windows for the gated bpb")
@@ -568,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.windows, args.gated_windows, args.prompts, args.repeats = 8, 4, 1, 1
         args.new_tokens, args.speed_thresholds = 32, "0,0.5,1"
+        args.quality_thresholds = "0,0.5,1"
     if args.folds:
         return fold_report(args)
     torch.set_num_threads(args.threads)
