@@ -416,7 +416,7 @@ def fold_plot(report: dict, path: Path) -> None:
             )
     a.set(
         xlabel="confidence threshold θ",
-        ylabel="committed / proposed",
+        ylabel="fraction of passes that commit it",
         ylim=(0, 1.02),
         title="Commit rate per group position (gated, teacher forced)",
     )
@@ -511,8 +511,8 @@ def fold_report(args) -> int:
                     ("bpb", "bpb", ".3f"),
                     ("bpb_ratio", "/ AR", ".3f"),
                     ("by_pos", "commit by position", ""),
-                    ("tokens_per_pass", "tokens/pass", ".2f"),
-                    ("tokens_per_s", "tokens/s", ".1f"),
+                    ("tokens_per_pass", "tokens/pass (gated run)", ".2f"),
+                    ("tokens_per_s", "engine tokens/s", ".1f"),
                     ("vs_ar", "vs AR", ".2f"),
                 ],
             )
