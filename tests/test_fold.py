@@ -457,3 +457,20 @@ def test_gated_decode_k4_bounds(pipo4):
     assert never["tokens_per_pass"] == 1.0 and 3.5 < always["tokens_per_pass"] <= 4.0
     rates = mid["commit_by_position"]
     assert 0 < mid["commit_rate"] < 1 and rates[0] >= rates[1] >= rates[2]
+
+
+@requires_safetensors
+@pytest.mark.skipif(not (BUILTIN_DIR / "pipo4" / "config.json").is_file(), reason="no pipo4")
+def test_shipped_pipo4_fits_and_generates_code():
+    assert (BUILTIN_DIR / "pipo4" / "model.safetensors").stat().st_size <= 8_000_000
+    model = load_builtin("pipo", preset("tiny"), 2, fold=4).eval()
+    assert isinstance(model, PIPOModel) and model.config.fold == 4
+    assert model.embed_tokens.weight.dtype == torch.float32
+    params = SamplingParams(max_new_tokens=48, ignore_eos=True)
+    engine = Engine(model, mode="pipo", threshold=0.0, max_batch_size=1)
+    (result,) = engine.generate([Request("def ", params)])
+    text = result.text
+    printable = sum(c.isprintable() or c in "\n\t" for c in text)
+    assert len(text) >= 20 and printable / len(text) > 0.95, text
+    assert sum(c.isalpha() for c in text) > 5, text
+    assert engine.stats.tokens_per_pass == 4.0  # θ = 0 commits every proposal
