@@ -492,7 +492,10 @@ def fold_report(args) -> int:
         "ar_bpb": ar_bpb,
         "quality": quality,
         "best_within_10pct": best,
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "settings": {
+            k: repo_relative(v) if k in ("ar", "pipo", "pipo4", "out_dir") and v else str(v)
+            for k, v in vars(args).items()
+        },
         "quality_seconds": quality_s,
         "speed_seconds": speed_s,
         "load_average": list(os.getloadavg()),
