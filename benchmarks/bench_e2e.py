@@ -90,12 +90,12 @@ def kv_bytes_per_entry(model) -> int:
 
 def step_bytes(mode: str, models: dict, batch: int, context: int) -> int:
     """Bytes one decode step must read at least: every weight once, plus the KV cache of every
-    request at `context` tokens (PIPO's backbone and MTP layer hold one entry per pair)."""
+    request at `context` tokens (PIPO-k's backbone and MTP steps hold one entry per group)."""
     if mode == "ar":
         m = models["ar"]
         return param_bytes(m) + batch * context * kv_bytes_per_entry(m)
     m = models["pipo"]
-    pipo = param_bytes(m) + batch * (context // 2) * kv_bytes_per_entry(m)
+    pipo = param_bytes(m) + batch * (context // m.config.fold) * kv_bytes_per_entry(m)
     if mode == "pipo":
         return pipo
     v = models["ar"]  # spec: the drafter's step plus the verifier's pass over the tree
@@ -207,12 +207,12 @@ def load_models(args, device: torch.device, dtype: torch.dtype) -> dict:
         cfg = preset("tiny")
         return {
             "ar": load_builtin("ar", cfg, 1, device, dtype),
-            "pipo": load_builtin("pipo", cfg, 2, device, dtype),
+            "pipo": load_builtin("pipo", cfg, 2, device, dtype, fold=args.fold),
         }
     cfg = preset(args.preset)
     return {
         "ar": random_model("ar", cfg, 1, device, dtype),
-        "pipo": random_model("pipo", cfg, 2, device, dtype),
+        "pipo": random_model("pipo", cfg.replace(fold=args.fold), 2, device, dtype),
     }
 
 
@@ -246,6 +246,7 @@ def run(args) -> list[dict]:
         "repeats": args.repeats,
         "interleaved": args.interleave,
         "threshold": args.threshold,
+        "fold": args.fold,
         "weights": "random (commit rates and acceptance synthetic)" if synthetic else "built-in",
         "threads": torch.get_num_threads(),
         "copy_bandwidth_gbs": args.copy_gbs,
@@ -328,6 +329,9 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument(
+        "--fold", type=int, default=2, help="PIPO tokens per group (4: PIPO-4; modes ar pipo)"
+    )
     parser.add_argument("--no-kernels", action="store_true", help="plain-PyTorch reference path")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
     parser.add_argument(

@@ -122,6 +122,11 @@ if has_step e2e; then
     --repeats 1 --tag batched
   run_step e2e_spec "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
     --batch 1 --prompt-lens 128 --new-tokens 16 --repeats 1 --tag spec
+  # PIPO-4 (issue 18's GPU target: TPOT >= 3.0x AR, Qwen3-4B-like random weights, θ = -1, every
+  # proposal committed: synthetic)
+  run_step e2e_pipo4 "$LIMIT_E2E" python3 -m benchmarks.bench_e2e --device cuda --out "$DEST" \
+    --batch 1 --prompt-lens 1024 128 --modes ar pipo --fold 4 --threshold -1 \
+    --new-tokens "$E2E_NEW_TOKENS" --repeats 1 --tag pipo4
   # every drafter on the built-in models (mtp / medusa rounds in CUDA graphs), greedy only
   run_step spec_drafters "$LIMIT_BENCH" python3 -m benchmarks.bench_spec --device cuda \
     --out "$DEST" --quick --temperatures 0

@@ -172,18 +172,22 @@ def load_builtin(
     seed: int,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    fold: int = 2,
 ) -> ARModel | PIPOModel:
-    """The built-in checkpoint ``checkpoints/<kind>`` (kind "ar" | "pipo") of the package when
+    """The built-in checkpoint ``checkpoints/<kind>`` (kind "ar" | "pipo"; PIPO with ``fold`` k
+    != 2 tokens per group: ``checkpoints/pipo<k>``, e.g. pipo4) of the package when
     ``preset_config`` is the ``tiny`` preset (the byte-level default model it stands for) or the
     checkpoint's own config; otherwise, or where none is shipped, random weights of
-    ``preset_config`` with a warning.
+    ``preset_config`` (with ``fold``) with a warning.
 
     The shipped checkpoints are stored in float16 (to stay under 8 MB) and load as float32 unless
     ``dtype`` says otherwise; their config.json gives their shapes (docs/training.md)."""
-    folder = BUILTIN_DIR / kind
+    folder = BUILTIN_DIR / (f"pipo{fold}" if kind == "pipo" and fold != 2 else kind)
+    if kind == "pipo":
+        preset_config = preset_config.replace(fold=fold)
     if (folder / "config.json").is_file():
         shipped = ModelConfig.from_dict(_read_json(folder / "config.json")["config"])
-        if preset_config in (PRESETS["tiny"], shipped):
+        if preset_config in (PRESETS["tiny"].replace(fold=shipped.fold), shipped):
             return load(folder, device=device, dtype=dtype or torch.float32)
     _log.warning(
         "no built-in %s checkpoint for these shapes under %s: using RANDOM weights of the preset "

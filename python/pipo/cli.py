@@ -183,6 +183,8 @@ modes:
   ar    plain autoregressive decoding: one backbone pass per token (the baseline).
   pipo  Pair-In, Pair-Out: one backbone pass per pair of tokens; the MTP head proposes the
         second token, kept where the confidence head says >= --threshold (approximate, faster).
+        --fold 4: the built-in PIPO-4, one pass per group of four tokens (token1 from the
+        backbone, up to three more from the MTP chain; the longest prefix that passes is kept).
   spec  a drafter proposes a token tree, the AR model verifies it in one pass: the output is
         what ar would produce (greedy) or distributed as ar's (sampling). --drafter: pipo (the
         PIPO model drafts; --model / --verifier), ngram (prompt lookup and an n-gram pool, no
@@ -191,7 +193,7 @@ modes:
         --draft-tokens: its --draft-topk / --draft-steps tree).
 
 The KV cache holds --num-pages x --page-size entries per model (a token each in ar and spec, a
-pair each in pipo): prompt and output beyond that end with finish=cache_full and exit status 1.
+pair or group each in pipo): prompt and output beyond that end with finish=cache_full and exit status 1.
 
 Threads: without --threads, half the cores (at least 1, at most 4): on a busy machine torch's
 default of one thread per core collapses (shared 2-core machine, load 4-8: median 77 tok/s
@@ -241,6 +243,14 @@ def _add_generate(sub, common) -> None:
         "--model",
         help="checkpoint folder (pipo, or Hugging Face Qwen3 / Llama) or a .gguf file; default "
         "the built-in model",
+    )
+    g.add_argument(
+        "--fold",
+        type=int,
+        choices=(2, 4),
+        default=None,
+        help="pipo: tokens per group of the built-in PIPO model (2: checkpoints/pipo, 4: "
+        "checkpoints/pipo4; default 2), or of the heads put on an AR --model",
     )
     g.add_argument("--verifier", help="spec mode: the AR checkpoint that verifies the drafts")
     g.add_argument(
@@ -405,6 +415,15 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
     if args.verifier:
         _checkpoint_dir(args.verifier, "--verifier")
     loaded = _load(args.model, "--model", args.device, dtype) if args.model else None
+    if args.fold is not None and args.mode != "pipo":
+        raise UsageError(
+            f"argument --fold: only for --mode pipo (spec drafts pairs), got {args.mode}"
+        )
+    if isinstance(loaded, PIPOModel) and args.fold not in (None, loaded.config.fold):
+        raise UsageError(
+            f"argument --fold: {args.fold}, but --model folds {loaded.config.fold} tokens per group"
+        )
+    fold = args.fold or 2
     if args.mode == "ar":
         if isinstance(loaded, PIPOModel):
             raise UsageError("--mode ar needs an AR checkpoint, --model is a PIPO one")
@@ -419,9 +438,9 @@ def _models(args) -> tuple[ARModel | PIPOModel, ARModel | None]:
         _log.warning(
             "--model is an AR checkpoint: its PIPO heads start untrained (documented init)"
         )
-        drafter = PIPOModel.from_backbone(loaded)
+        drafter = PIPOModel.from_backbone(loaded, fold=fold)
     else:
-        drafter = loaded or load_builtin("pipo", cfg, 2, args.device, dtype)
+        drafter = loaded or load_builtin("pipo", cfg, 2, args.device, dtype, fold=fold)
     if args.mode == "pipo":
         return drafter, None
     return drafter, _verifier(args, loaded, cfg, dtype)

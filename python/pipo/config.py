@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["PRESETS", "ModelConfig", "from_hf_config", "preset"]
+__all__ = ["MAX_FOLD", "PRESETS", "ModelConfig", "from_hf_config", "preset"]
+
+MAX_FOLD = 8  # tokens per group; the MTP chain runs up to MAX_FOLD - 1 steps per backbone pass
 
 
 @dataclass
 class ModelConfig:
     """Shapes and hyper-parameters of a Qwen3-style decoder and its PIPO heads.
 
-    ``fold`` is the number of tokens folded into one backbone position. Only 2 is implemented
-    by the ops (fold_pairs / pair_out); the model code keeps it as a parameter so that a fold
-    factor k can be added without renaming things.
+    ``fold`` is the fold factor k: the number of tokens folded into one backbone position (one
+    group); the MTP chain then proposes up to k - 1 tokens after each group's token1
+    (docs/method.md). 2 is PIPO's pairs.
     """
 
     vocab_size: int = 259
@@ -52,8 +54,8 @@ class ModelConfig:
             raise ValueError(f"head_dim: expected an even number (RoPE), got {self.head_dim}")
         if self.compressor not in ("linear", "mlp"):
             raise ValueError(f"compressor: expected 'linear' or 'mlp', got {self.compressor!r}")
-        if self.fold != 2:
-            raise ValueError(f"fold: only 2 is implemented, got {self.fold}")
+        if not 2 <= self.fold <= MAX_FOLD:
+            raise ValueError(f"fold: expected 2 … {MAX_FOLD} tokens per group, got {self.fold}")
         if self.rope_scaling is not None:
             check_rope_scaling(self.rope_scaling)
         for name in ("pad_id", "bos_id", "eos_id"):

@@ -135,31 +135,42 @@ def pad_split(
     generator: torch.Generator,
     pad_id: int = ByteTokenizer.pad_id,
     protect: int = 0,
+    fold: int = 2,
 ) -> torch.Tensor:
-    """PIPO's PAD-split augmentation of a batch of token rows.
+    """PIPO's PAD-split augmentation of a batch of token rows, for groups of ``fold`` = k tokens.
 
-    tokens int64 [B, T] (T even) -> int64 [B, T]: per row a fraction f ~ U[0, max_fraction] of the
-    pairs (t_2i, t_2i+1) with i >= ``protect`` is split into (t_2i, PAD), (t_2i+1, PAD), as the
-    confidence gate produces at inference. The row is then cut back to T tokens (the tail that no
-    longer fits is dropped), so PADs only ever sit at odd positions.
+    tokens int64 [B, T] (T a multiple of k) -> int64 [B, T]: per row a fraction f ~ U[0,
+    max_fraction] of the groups (t_1 … t_k) with index >= ``protect`` is split at a cut point
+    c ~ U{1 … k-1} into (t_1 … t_c, PAD …) and (t_c+1 … t_k, PAD …), both padded to k tokens: a
+    group whose gate kept a prefix, as inference produces. The row is then cut back to T tokens
+    (the tail that no longer fits is dropped), so every group starts with a real token. For k = 2
+    the cut is always 1 (pairs (t, PAD), (t', PAD)) and the random draws are those of the pairs'
+    original augmentation, so PIPO-2 training sees the same batches as before.
     """
     _b, t = tokens.shape
-    if t % 2:
-        raise ValueError(f"tokens: expected an even length, got {t}")
+    k = fold
+    if k < 2 or t % k:
+        raise ValueError(f"tokens: expected a length that is a multiple of fold {k}, got {t}")
     rows = []
-    num_pairs = t // 2
+    num_groups = t // k
     for row in tokens:
         frac = float(torch.rand((), generator=generator)) * max_fraction
-        split = torch.rand(num_pairs, generator=generator) < frac
+        split = torch.rand(num_groups, generator=generator) < frac
         split[:protect] = False
-        pairs = row.view(num_pairs, 2)
-        out = []
-        for i in range(num_pairs):
+        if k > 2:
+            cuts = torch.randint(1, k, (num_groups,), generator=generator).tolist()
+        else:
+            cuts = [1] * num_groups
+        groups = row.view(num_groups, k).tolist()
+        out: list[int] = []
+        for i in range(num_groups):
+            g = groups[i]
             if split[i]:
-                out += [pairs[i, 0], pad_id, pairs[i, 1], pad_id]
+                c = cuts[i]
+                out += g[:c] + [pad_id] * (k - c) + g[c:] + [pad_id] * c
             else:
-                out += [pairs[i, 0], pairs[i, 1]]
+                out += g
             if len(out) >= t:
                 break
-        rows.append(torch.tensor([int(x) for x in out[:t]], dtype=torch.int64))
+        rows.append(torch.tensor(out[:t], dtype=torch.int64))
     return torch.stack(rows)

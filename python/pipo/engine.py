@@ -351,7 +351,7 @@ class Engine:
             self._step_fn(self.state.view(n), penalty)
 
     def _snapshot(self, n: int):
-        """This iteration's emitted tokens, int64 [n, 2], kept until they are read: a pinned host
+        """This iteration's emitted tokens, int64 [n, max(2, token_width)], kept until they are read: a pinned host
         copy under way (CUDA, overlap), a device copy (CPU, overlap) or the buffer itself."""
         out = self.state.out[:n]
         if not self.overlap:
@@ -381,15 +381,21 @@ class Engine:
         for s, row, _ in launched:
             if s.done:  # finished one iteration earlier (overlap): a wasted step
                 continue
-            t1, t2 = values[row][:2]
+            group = values[row]
             self.stats.backbone_passes += 1
-            if not self._emit(s, t1) or not pipo:
+            if not self._emit(s, group[0]) or not pipo:
                 continue
+            rest = group[1 : self.impl.fold]
             if self.impl.mtp:
-                self.stats.token2_proposed += 1
-            if t2 != pad:
+                self.stats.token2_proposed += len(rest)
+                self.stats.mtp_passes += 1
+            for j, t in enumerate(rest):
+                if t == pad:  # a gated-off proposal (or a model-chosen PAD): nothing to show
+                    continue
                 self.stats.token2_committed += 1
-                self._emit(s, t2)
+                self.stats.count_commit(j)
+                if not self._emit(s, t):
+                    break
 
     def _process_rounds(self, values, launched: list[tuple[_Seq, int, bool]]) -> None:
         """Mode spec: row r emitted values[r] (-1 padded): a round's accepted draft tokens and

@@ -448,50 +448,47 @@ class ARModel(_Decoder):
 
 
 class Compressor(nn.Module):
-    """Pair-in: folds two token embeddings [e0; e1] (2H) into one backbone input (H)."""
+    """Group-in: folds k = ``fold`` token embeddings [e_1; …; e_k] (kH) into one backbone input (H)."""
 
     def __init__(self, c: ModelConfig) -> None:
         super().__init__()
-        h = c.hidden_size
-        self.kind = c.compressor
+        h, k = c.hidden_size, c.fold
+        self.kind, self.hidden, self.fold = c.compressor, h, k
         if self.kind == "linear":
-            self.proj = nn.Linear(2 * h, h)
+            self.proj = nn.Linear(k * h, h)
         else:
-            self.fc1 = nn.Linear(2 * h, 2 * h)
+            self.fc1 = nn.Linear(k * h, 2 * h)
             self.fc2 = nn.Linear(2 * h, h)
 
     @torch.no_grad()
     def init_sum(self) -> None:
-        """Make C([e0; e1]) = e0 + e1 exactly (docs/method.md, the fold). For the MLP, fc1 computes (s, -s) with
-        s = e0 + e1 and fc2 takes silu(s) - silu(-s), which equals s."""
+        """Make C([e_1; …; e_k]) = e_1 + … + e_k exactly (docs/method.md, the fold). For the MLP,
+        fc1 computes (s, -s) with s the sum and fc2 takes silu(s) - silu(-s), which equals s."""
+        eye = torch.eye(self.hidden)
+        plus = torch.cat([eye] * self.fold, 1)  # [H, kH]: the sum of the k blocks
         if self.kind == "linear":
-            h = self.proj.out_features
-            eye = torch.eye(h)
-            self.proj.weight.copy_(torch.cat([eye, eye], 1))
+            self.proj.weight.copy_(plus)
             self.proj.bias.zero_()
         else:
-            h = self.fc2.out_features
-            eye = torch.eye(h)
-            plus = torch.cat([eye, eye], 1)
             self.fc1.weight.copy_(torch.cat([plus, -plus], 0))
             self.fc1.bias.zero_()
             self.fc2.weight.copy_(torch.cat([eye, -eye], 1))
             self.fc2.bias.zero_()
 
-    def forward(self, pair_ids, embedding: torch.Tensor, use_kernels: bool):
-        """pair_ids int64 [N, 2], embedding [V, H] -> [N, H]."""
+    def forward(self, group_ids, embedding: torch.Tensor, use_kernels: bool):
+        """group_ids int64 [N, k], embedding [V, H] -> [N, H]."""
         first = self.proj if self.kind == "linear" else self.fc1
         activation = "none" if self.kind == "linear" else "silu"
         if use_kernels:
             x = ops.fold_pairs(
-                pair_ids=pair_ids,
+                pair_ids=group_ids,
                 embedding=embedding,
                 weight=first.weight,
                 bias=first.bias,
                 activation=activation,
             )
         else:
-            x = first(F.embedding(pair_ids, embedding).flatten(1))
+            x = first(F.embedding(group_ids, embedding).flatten(1))
             x = F.silu(x) if activation == "silu" else x
         return x if self.kind == "linear" else self.fc2(x)
 
@@ -544,10 +541,13 @@ class ConfidenceHead(nn.Module):
 
 
 class PIPOModel(_Decoder):
-    """The backbone run on pair latents, plus compressor, MTP head and confidence head.
+    """The backbone run on group latents (k = ``config.fold`` tokens each; pairs for k = 2), plus
+    compressor, MTP head and confidence head.
 
-    Its KV cache has ``num_layers + 1`` layers: the backbone's, then the MTP layer's. Both are
-    indexed by pair position, so one block table serves all of them.
+    The MTP head runs as a chain of k - 1 steps per group (one layer, shared weights). Its KV cache
+    has ``num_layers + k - 1`` layers: the backbone's, then one per MTP step (step j's attention
+    sees the step-j entries of earlier groups, as a DeepSeek-V3 MTP module of depth j sees its own
+    depth). Every layer is indexed by group position, so one block table serves all of them.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -558,7 +558,7 @@ class PIPOModel(_Decoder):
 
     @property
     def num_cache_layers(self) -> int:
-        return self.config.num_layers + 1
+        return self.config.num_layers + self.config.fold - 1
 
     def init_random(self, seed: int = 0, std: float = 0.02) -> None:
         super().init_random(seed, std)
@@ -586,28 +586,36 @@ class PIPOModel(_Decoder):
         self.confidence.fc2.weight.zero_()
 
     @classmethod
-    def from_backbone(cls, ar: ARModel) -> PIPOModel:
-        """A PIPO model on ``ar``'s weights, with the heads at their documented initialisation."""
+    def from_backbone(cls, ar: ARModel, fold: int | None = None) -> PIPOModel:
+        """A PIPO model on ``ar``'s weights, with the heads at their documented initialisation
+        (``fold``: tokens per group, default the AR config's)."""
         w = ar.embed_tokens.weight
+        config = ar.config if fold is None else ar.config.replace(fold=fold)
         with torch.device("meta"):  # every parameter is written below: no host-side init
-            model = cls(ar.config)
+            model = cls(config)
         model = model.to(dtype=w.dtype).to_empty(device=w.device)
         model.load_state_dict(ar.state_dict(), strict=False)  # the PIPO parts stay missing
         model.init_heads()
         return model
 
-    def forward(self, pair_ids, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool = False):
-        """pair_ids int64 [N, 2] -> backbone hidden states [N, H] (h_i; predicts token1)."""
-        x = self.compressor(pair_ids, self.embed_tokens.weight, use_kernels)
+    def forward(self, group_ids, meta: AttnMeta, cache: PagedKVCache, use_kernels: bool = False):
+        """group_ids int64 [N, k] -> backbone hidden states [N, H] (h_i; predicts token1)."""
+        x = self.compressor(group_ids, self.embed_tokens.weight, use_kernels)
         return self.run_layers(x, meta, cache, use_kernels)
 
-    def mtp_forward(self, token1, hidden, meta: AttnMeta, cache: PagedKVCache, use_kernels=False):
-        """token1 int64 [N], backbone hidden [N, H] -> MTP hidden states [N, H] (m_i; predicts
-        token2); writes the MTP layer's K/V at meta's slots."""
+    def mtp_forward(
+        self, token, hidden, meta: AttnMeta, cache: PagedKVCache, use_kernels=False, step: int = 1
+    ):
+        """MTP chain step ``step`` (1 … k-1): token int64 [N] (token ``step`` of the group being
+        proposed; token1 for step 1) and the previous state [N, H] (the backbone's hidden state for
+        step 1, the MTP state of step - 1 after) -> MTP states [N, H] (predict token step + 1);
+        writes step ``step``'s K/V (cache layer num_layers + step - 1) at meta's slots."""
+        if not 1 <= step < self.config.fold:
+            raise ValueError(f"step: expected 1 … {self.config.fold - 1}, got {step}")
         rope = self.rope(meta, cache, use_kernels)
-        layer = self.config.num_layers
+        layer = self.config.num_layers + step - 1
         return self.mtp(
-            token1,
+            token,
             hidden,
             self.embed_tokens.weight,
             meta,
@@ -641,6 +649,45 @@ class PIPOModel(_Decoder):
             keep = confidence >= threshold
         second = torch.where(keep, token2, torch.full_like(token2, c.pad_id))
         return torch.stack([token1, second], 1), confidence
+
+    def commit(self, hidden, mtp_hidden, tokens, threshold: float, use_kernels: bool):
+        """The gate of a group: hidden [B, H] (backbone), mtp_hidden [B, J, H] (MTP step j's state
+        in column j - 1), tokens int64 [B, 1 + J] (token1 and the J proposals) -> (groups int64
+        [B, 1 + J], confidence float32 [B, J]). Confidence j is the head on [hidden; mtp_hidden[:,
+        j]]; the group keeps the longest prefix of proposals whose confidences all pass (θ < 0:
+        all, θ >= 1: none, else c >= θ) and PAD after it. J = 1 is ``gate`` (pair_out)."""
+        j = mtp_hidden.shape[1]
+        if j == 1:  # the pairs' op, as PIPO-2 always ran
+            pairs, conf = self.gate(
+                hidden,
+                mtp_hidden[:, 0],
+                tokens[:, 0].contiguous(),
+                tokens[:, 1].contiguous(),
+                threshold,
+                use_kernels,
+            )
+            return pairs, conf.unsqueeze(1)
+        c = self.config
+        if use_kernels:
+            return ops.group_out(
+                hidden=hidden,
+                mtp_hidden=mtp_hidden,
+                tokens=tokens,
+                norm_weight=self.confidence.norm.weight,
+                fc1_weight=self.confidence.fc1.weight,
+                fc2_weight=self.confidence.fc2.weight,
+                threshold=float(threshold),
+                pad_id=c.pad_id,
+                eps=c.rms_norm_eps,
+            )
+        confidence = self.confidence(hidden.unsqueeze(1).expand_as(mtp_hidden), mtp_hidden)
+        if threshold < 0 or threshold >= 1:
+            keep = torch.full_like(confidence, threshold < 0, dtype=torch.bool)
+        else:
+            keep = confidence >= threshold
+        prefix = keep.int().cumprod(1).bool()  # a failed step rejects every later one
+        rest = torch.where(prefix, tokens[:, 1:], torch.full_like(tokens[:, 1:], c.pad_id))
+        return torch.cat([tokens[:, :1], rest], 1), confidence
 
 
 # ---------------------------------------------------------------------------- dense forward
@@ -676,21 +723,37 @@ def dense_hidden(model: ARModel | PIPOModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_pipo(model: PIPOModel, tokens: torch.Tensor, mtp_tokens: torch.Tensor):
-    """PIPO forward of token rows int64 [B, T] (T even) read as pairs.
+    """PIPO forward of token rows int64 [B, T] (T a multiple of k = ``config.fold``) read as groups.
 
-    mtp_tokens int64 [B, T/2]: token1 fed to the MTP head at each pair position (the next pair's
-    first token). Returns (h [B, L, H], m [B, L, H], confidence float32 [B, L]), L = T/2.
+    mtp_tokens int64 [B, L, J] (J <= k - 1, L = T / k): the token fed to MTP chain step j at each
+    group position (column j - 1; token1 of the next group for step 1). Returns (h [B, L, H],
+    m [B, L, J, H], confidence float32 [B, L, J]). mtp_tokens [B, L] is the pairs' layout (J = 1):
+    then m is [B, L, H] and confidence [B, L].
     """
+    pairs = mtp_tokens.dim() == 2
+    if pairs:
+        mtp_tokens = mtp_tokens.unsqueeze(-1)
     b, t = tokens.shape
+    c = model.config
+    k = c.fold
+    if t % k or mtp_tokens.shape[-1] >= k:
+        raise ValueError(
+            f"tokens, mtp_tokens: expected T a multiple of {k} and at most {k - 1} MTP steps, "
+            f"got T = {t}, {mtp_tokens.shape[-1]}"
+        )
     emb = model.embed_tokens.weight
-    x = model.compressor(tokens.reshape(-1, 2), emb, use_kernels=False).view(b, t // 2, -1)
+    x = model.compressor(tokens.reshape(-1, k), emb, use_kernels=False).view(b, t // k, -1)
     h = dense_hidden(model, x)
     mtp = model.mtp
-    c = model.config
     rope = rope_cos_sin(
-        torch.arange(t // 2, device=tokens.device), c.head_dim, c.rope_theta, c.rope_scaling
+        torch.arange(t // k, device=tokens.device), c.head_dim, c.rope_theta, c.rope_scaling
     )
-    e = mtp.embed_norm(F.embedding(mtp_tokens, emb))
-    m = mtp.fc(torch.cat([e, mtp.hidden_norm(h)], -1))
-    m = mtp.norm(_dense_layer(mtp.layer, m, rope))
-    return h, m, model.confidence(h, m)
+    state, states = h, []
+    for j in range(mtp_tokens.shape[-1]):  # the chain: step j + 1 reads step j's state
+        e = mtp.embed_norm(F.embedding(mtp_tokens[..., j], emb))
+        x = mtp.fc(torch.cat([e, mtp.hidden_norm(state)], -1))
+        state = mtp.norm(_dense_layer(mtp.layer, x, rope))
+        states.append(state)
+    m = torch.stack(states, 2)
+    conf = model.confidence(h.unsqueeze(2).expand_as(m), m)
+    return (h, m[:, :, 0], conf[:, :, 0]) if pairs else (h, m, conf)

@@ -60,8 +60,12 @@ class Stats:
     new_tokens: int = 0
     seconds: float = 0.0
     backbone_passes: int = 0
+    # Mode pipo: MTP proposals (k - 1 per pass where the chain runs) and the committed ones; for
+    # k = 2 these are the pairs' token2. commits_by_position[j]: passes that committed token j + 2.
     token2_proposed: int = 0
     token2_committed: int = 0
+    mtp_passes: int = 0
+    commits_by_position: list[int] = field(default_factory=list)
     verify_rounds: int = 0
     accepted_draft_tokens: int = 0
     ttft_s: float = 0.0  # mean over requests: generate() start -> the request's first token
@@ -82,6 +86,17 @@ class Stats:
     def token2_commit_rate(self) -> float:
         return self.token2_committed / self.token2_proposed if self.token2_proposed else 0.0
 
+    def count_commit(self, j: int) -> None:
+        """One committed proposal at group position j + 2 (j = 0: token2)."""
+        while len(self.commits_by_position) <= j:
+            self.commits_by_position.append(0)
+        self.commits_by_position[j] += 1
+
+    @property
+    def commit_rate_by_position(self) -> list[float]:
+        """Per group position 2 … k: the fraction of MTP passes that committed it."""
+        return [c / self.mtp_passes if self.mtp_passes else 0.0 for c in self.commits_by_position]
+
     @property
     def mean_accept_len(self) -> float:
         """Accepted draft tokens per verification round (the bonus token not included)."""
@@ -100,6 +115,9 @@ class Stats:
         ]
         if self.mode == "pipo":
             parts.append(f"token2_commit_rate={self.token2_commit_rate:.3f}")
+            if len(self.commits_by_position) > 1:
+                rates = ",".join(f"{r:.2f}" for r in self.commit_rate_by_position)
+                parts.append(f"commit_by_position={rates}")
         if self.mode == "spec":
             parts.append(f"mean_accept_len={self.mean_accept_len:.2f}")
         return " ".join(parts)

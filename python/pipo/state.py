@@ -34,7 +34,7 @@ class StepView:
     """The static tensors of one decode step over rows 0 … size-1 (views of BatchState buffers,
     so a CUDA graph captured over them reads each step's values).
 
-    tokens int64 [size, w] (w = 1 for ar, 2 for pipo's pairs); pos int64 [size] (cache entries
+    tokens int64 [size, w] (w = 1 for ar, k for pipo's groups of k); pos int64 [size] (cache entries
     written); active bool [size] (rows that decode; the others write nothing and keep their
     state); table int32 [size, W]; indptr int32 [size + 1] (one query per row); temperature,
     top_p, presence_penalty float32 [size]; top_k int32 [size]; seeds, offsets int64 [size];

@@ -51,6 +51,7 @@ __all__ = [
     "dense_hidden",
     "dense_pipo",
     "evaluate",
+    "group_targets",
     "main",
     "pipo_loss",
     "pipo_targets",
@@ -84,6 +85,7 @@ class TrainConfig:
     pad_split_max: float = 0.25  # PAD-split fraction ~ U[0, pad_split_max] (pipo stage)
     mtp_weight: float = 1.0  # λ
     conf_weight: float = 1.0  # μ
+    fold: int = 2  # pipo stage: tokens per group k (the PIPO-k model; 2 = pairs)
     # opd stage
     rollout_prompt: int = 64
     rollout_tokens: int = 64
@@ -101,41 +103,67 @@ def ar_loss(model: ARModel, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
 
 
-def pipo_targets(tokens: torch.Tensor, pad_id: int):
-    """Targets of PIPO rows int64 [B, T] (PAD only at odd positions, as ``pad_split`` makes them).
+def group_targets(tokens: torch.Tensor, pad_id: int, fold: int):
+    """Targets of PIPO rows int64 [B, T] read as groups of k = ``fold`` tokens (every group
+    starts with a real token, as ``pad_split`` makes them).
 
-    Returns (mtp_in [B, L], target1 [B, L], target2 [B, L]) with -100 where there is none:
-    target1_i = t_{2i+2} (next pair's first token); mtp_in_i = t_{2i+2}; target2_i = the real token
-    after t_{2i+2}: t_{2i+3}, or t_{2i+4} when pair i+1 was split (its PAD is a gate artefact, not a
-    token to predict; at inference the MTP head always proposes the following real token).
+    Returns (mtp_in [B, L, J], target1 [B, L], targets [B, L, J]), J = k - 1, L = T / k, with -100
+    where there is none. target1_i = the first token of group i+1; MTP step j (column j - 1)
+    reads the (j-1)-th real token after target1 (mtp_in; 0 where none) and predicts the j-th
+    (targets). Real tokens are counted along the row with PAD skipped: a PAD is a gate artefact,
+    not a token to predict; at inference the chain always proposes the following real tokens.
     """
     b, t = tokens.shape
-    ignore = torch.full((b, 2), -100, dtype=tokens.dtype, device=tokens.device)
-    ext = torch.cat([tokens, ignore], 1)
-    target1 = ext[:, 2::2][:, : t // 2]
-    second = ext[:, 3::2][:, : t // 2]
-    after = torch.cat([ext[:, 4::2], ignore[:, :1]], 1)[:, : t // 2]
-    target2 = torch.where(second == pad_id, after, second)
-    target2 = torch.where(target1 < 0, torch.full_like(target2, -100), target2)
-    return target1.clamp(min=0), target1, target2
+    k, dev = fold, tokens.device
+    L, J = t // k, fold - 1
+    real = tokens != pad_id
+    rank = real.long().cumsum(1) - 1  # index of each real token in the row's PAD-free stream
+    compact = torch.full((b, t + k), -100, dtype=tokens.dtype, device=dev)
+    rows = torch.arange(b, device=dev).unsqueeze(1).expand(b, t)
+    compact[rows[real], rank[real]] = tokens[real]
+    first = k * torch.arange(1, L + 1, device=dev)  # position of group i+1's first token
+    inside = first < t
+    r = rank[:, first.clamp(max=t - 1)]  # [B, L]
+    idx = r.unsqueeze(-1) + torch.arange(k, device=dev)  # ranks of target1 and the J after it
+    picked = compact.gather(1, idx.flatten(1)).view(b, L, k)
+    picked = torch.where(inside.view(1, L, 1), picked, torch.full_like(picked, -100))
+    target1 = picked[..., 0]
+    targets = picked[..., 1:]
+    return picked[..., :J].clamp(min=0), target1, targets
+
+
+def pipo_targets(tokens: torch.Tensor, pad_id: int):
+    """``group_targets`` of pairs (k = 2) in the pairs' layout: (mtp_in [B, L], target1 [B, L],
+    target2 [B, L]); target2_i = t_{2i+3}, or t_{2i+4} when pair i+1 was split."""
+    mtp_in, target1, targets = group_targets(tokens, pad_id, 2)
+    return mtp_in[..., 0], target1, targets[..., 0]
 
 
 def pipo_loss(model: PIPOModel, tokens: torch.Tensor, mtp_weight=1.0, conf_weight=1.0):
     """PIPO SFT loss of (augmented) token rows int64 [B, T]: (total, dict of float parts in nats).
 
-    total = CE(logits1, target1) + λ CE(logits2, target2) + μ BCE(c, p_mtp(target2).detach()).
+    total = CE(logits1, target1) + λ CE(logits of the MTP steps, their targets) + μ BCE(c_j,
+    p_mtp_j(target_j).detach()), the MTP and confidence terms averaged over every (group, step)
+    with a target (k = 2: the pairs' token2). Parts: ce1, ce2 (all MTP steps), bce, and for
+    k > 2 ``ce_step{j}`` per step.
     """
-    mtp_in, target1, target2 = pipo_targets(tokens, model.config.pad_id)
+    k = model.config.fold
+    mtp_in, target1, targets = group_targets(tokens, model.config.pad_id, k)
     h, m, conf = dense_pipo(model, tokens, mtp_in)
     ce1 = F.cross_entropy(model.logits(h).flatten(0, 1), target1.flatten())
-    logp2 = F.log_softmax(model.logits(m), -1)
-    valid = target2 >= 0
-    gold = logp2.gather(-1, target2.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logp = F.log_softmax(model.logits(m), -1)
+    valid = targets >= 0
+    gold = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     ce2 = -(gold[valid]).mean()
     conf_target = gold.detach().exp()
     bce = F.binary_cross_entropy(conf[valid].clamp(1e-6, 1 - 1e-6), conf_target[valid])
     total = ce1 + mtp_weight * ce2 + conf_weight * bce
-    return total, {"ce1": ce1.item(), "ce2": ce2.item(), "bce": bce.item()}
+    parts = {"ce1": ce1.item(), "ce2": ce2.item(), "bce": bce.item()}
+    if k > 2:
+        for j in range(k - 1):
+            v = valid[..., j]
+            parts[f"ce_step{j + 1}"] = -(gold[..., j][v]).mean().item()
+    return total, parts
 
 
 def opd_loss(student: PIPOModel, teacher: ARModel, tokens: torch.Tensor, gen_from: int):
@@ -183,12 +211,16 @@ def evaluate(model: ARModel | PIPOModel, batches: list[torch.Tensor]) -> dict[st
     was_training = model.training
     model.eval()
     if isinstance(model, PIPOModel):
-        s1 = s2 = 0.0
+        sums: dict[str, float] = {}
         for tokens in batches:
             _, parts = pipo_loss(model, tokens)
-            s1, s2 = s1 + parts["ce1"], s2 + parts["ce2"]
-        n = len(batches)
-        out = {"bpb1": s1 / n / LN2, "bpb2": s2 / n / LN2, "bpb": (s1 + s2) / 2 / n / LN2}
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+        n, j = len(batches), model.config.fold - 1
+        s1, s2 = sums["ce1"], sums["ce2"]
+        out = {"bpb1": s1 / n / LN2, "bpb2": s2 / n / LN2, "bpb": (s1 + j * s2) / (1 + j) / n / LN2}
+        for key in sorted(k for k in sums if k.startswith("ce_step")):
+            out["bpb_step" + key.removeprefix("ce_step")] = sums[key] / n / LN2
     else:
         out = {"bpb": sum(ar_loss(model, t).item() for t in batches) / len(batches) / LN2}
     model.train(was_training)
@@ -225,6 +257,8 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 
 
 def _build(cfg: TrainConfig, init_from: str | None, config: ModelConfig):
+    if cfg.stage == "opd" and cfg.fold != 2:
+        raise ValueError(f"--fold: the opd stage is implemented for pairs only, got {cfg.fold}")
     if cfg.stage == "ar":
         if init_from:
             return load(init_from, dtype=torch.float32)
@@ -233,10 +267,17 @@ def _build(cfg: TrainConfig, init_from: str | None, config: ModelConfig):
         return model
     if init_from:
         loaded = load(init_from, dtype=torch.float32)
-        return loaded if isinstance(loaded, PIPOModel) else PIPOModel.from_backbone(loaded)
+        if not isinstance(loaded, PIPOModel):
+            return PIPOModel.from_backbone(loaded, fold=cfg.fold)
+        if loaded.config.fold != cfg.fold:
+            raise ValueError(
+                f"--fold {cfg.fold}: --init-from {init_from} is a PIPO model with fold "
+                f"{loaded.config.fold}"
+            )
+        return loaded
     if cfg.stage == "opd":
         raise ValueError("--init-from: the opd stage needs a PIPO (or AR) checkpoint to start from")
-    model = PIPOModel(config)
+    model = PIPOModel(config.replace(fold=cfg.fold))
     model.init_random(cfg.seed)
     return model
 
@@ -325,7 +366,9 @@ def train(
             parts = {}
         elif cfg.stage == "pipo":
             tokens = sample_batch(train_stream, cfg.batch_size, cfg.seq_len, g)
-            tokens = pad_split(tokens, cfg.pad_split_max, g, model.config.pad_id)
+            tokens = pad_split(
+                tokens, cfg.pad_split_max, g, model.config.pad_id, fold=model.config.fold
+            )
             loss, parts = pipo_loss(model, tokens, cfg.mtp_weight, cfg.conf_weight)
         else:
             tokens = _rollouts(model, train_stream, cfg, g)

@@ -32,6 +32,11 @@ class PIPODrafter(Drafter):
                 "model: drafter 'pipo' drafts with a PIPOModel; pass it as the engine's model "
                 "(and the ARModel as verifier)"
             )
+        if model.config.fold != 2:
+            raise ValueError(
+                f"model: drafter 'pipo' drafts pairs; this PIPO model folds {model.config.fold} "
+                "tokens per group"
+            )
         if opts.tree == "dynamic":
             raise ValueError("tree: the pipo drafter builds 'chain' or 'topk' trees")
         self.model = model

@@ -83,7 +83,7 @@ class Mode:
         return []
 
     def units(self, prompt: list[int]) -> torch.Tensor:
-        """The prompt as cache entries' inputs: int64 [n] tokens (ar) or [n, 2] pairs (pipo)."""
+        """The prompt as cache entries' inputs: int64 [n] tokens (ar) or [n, k] groups (pipo)."""
         return torch.tensor(prompt, dtype=torch.int64)
 
     def prefill_need(self, seq) -> list[tuple[PagedKVCache, int]]:
