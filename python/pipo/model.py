@@ -376,31 +376,10 @@ class _Decoder(nn.Module):
         """float32 [N, V] logits of final hidden states [N, H]."""
         return hidden.float() @ self.lm_head_weight.float().t()
 
-    def sample(self, hidden, st: SamplingTensors, use_kernels: bool, num_candidates: int = 0):
-        """Next tokens of hidden states [B, H]: (tokens int64 [B], cand_ids int64 [B, k]) where
-        cand_ids are the k most likely ids after the presence penalty (for draft trees). Both
-        paths run ``sample_tokens`` (the reference path its pure-PyTorch backend), so they draw
-        the same tokens for the same seeds and offsets."""
-        tokens, _, cand_ids, _ = ops.sample_tokens(
-            hidden=hidden,
-            lm_head=self.lm_head_weight,
-            temperature=st.temperature,
-            top_k=st.top_k,
-            top_p=st.top_p,
-            presence_penalty=st.presence_penalty,
-            seen=st.seen,
-            seeds=st.seeds,
-            offsets=st.offsets,
-            num_candidates=num_candidates,
-            backend=None if use_kernels else "torch",
-        )
-        return tokens, cand_ids
-
-    def candidates(self, hidden, st: SamplingTensors, k: int, use_kernels: bool):
-        """The k most likely next ids of hidden states [B, H] after the presence penalty, best
-        first: (ids int64 [B, k], their log_softmax at the row's temperature (1 for greedy
-        rows) float32 [B, k]), as ``sample_tokens`` gives them (draft trees rank by these)."""
-        _, _, ids, logprobs = ops.sample_tokens(
+    def _sample_tokens(self, hidden, st: SamplingTensors, k: int, use_kernels: bool):
+        """``sample_tokens`` over the LM head with st's parameters (the reference path its
+        pure-PyTorch backend): (tokens, token_logprob, cand_ids, cand_logprobs)."""
+        return ops.sample_tokens(
             hidden=hidden,
             lm_head=self.lm_head_weight,
             temperature=st.temperature,
@@ -413,6 +392,20 @@ class _Decoder(nn.Module):
             num_candidates=k,
             backend=None if use_kernels else "torch",
         )
+
+    def sample(self, hidden, st: SamplingTensors, use_kernels: bool, num_candidates: int = 0):
+        """Next tokens of hidden states [B, H]: (tokens int64 [B], cand_ids int64 [B, k]) where
+        cand_ids are the k most likely ids after the presence penalty (for draft trees). Both
+        paths run ``sample_tokens`` (the reference path its pure-PyTorch backend), so they draw
+        the same tokens for the same seeds and offsets."""
+        tokens, _, cand_ids, _ = self._sample_tokens(hidden, st, num_candidates, use_kernels)
+        return tokens, cand_ids
+
+    def candidates(self, hidden, st: SamplingTensors, k: int, use_kernels: bool):
+        """The k most likely next ids of hidden states [B, H] after the presence penalty, best
+        first: (ids int64 [B, k], their log_softmax at the row's temperature (1 for greedy
+        rows) float32 [B, k]), as ``sample_tokens`` gives them (draft trees rank by these)."""
+        _, _, ids, logprobs = self._sample_tokens(hidden, st, k, use_kernels)
         return ids, logprobs
 
     def probs(self, hidden, st: SamplingTensors) -> torch.Tensor:
